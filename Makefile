@@ -1,0 +1,40 @@
+# caffe-cae: one target per pipeline stage and per table/figure of the paper.
+# Settings a user may override on the command line:
+PYTHON ?= python3
+VENV   ?= .venv
+MODEL  ?= 4
+DIM    ?= 10
+MODE   ?= cpu
+ITERS  ?= 50000
+RUN    ?= 1
+NET    ?= $(if $(filter siamese deep_ae,$(MODEL)),$(MODEL),model$(MODEL))
+
+CAE := $(VENV)/bin/caffe-cae
+PY  := $(VENV)/bin/python
+
+.PHONY: help setup prototxt schema engine data train test bench clean
+
+help:
+	@echo "make setup | prototxt | engine | data | train MODEL=3 DIM=30 MODE=cpu | test | bench"
+
+# A virtual environment with the package (editable) and the test tools.
+setup: $(VENV)/.installed
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+# Every net of the paper at every code size, both syntaxes, into generated/.
+prototxt: setup
+	$(CAE) render --paper-grid --out generated
+
+# Regenerate caffe_cae/proto/caffe_cae_pb2.py from the project's schema (needs grpcio-tools).
+schema:
+	$(PY) -m grpc_tools.protoc -Icaffe_cae/proto --python_out=caffe_cae/proto caffe_cae/proto/caffe_cae.proto
+
+test: setup
+	$(PY) -m pytest tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info
