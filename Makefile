@@ -29,8 +29,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 prototxt: setup
 	$(CAE) render --paper-grid --out generated
 
-# Regenerate caffe_cae/proto/caffe_cae_pb2.py from the project's schema (needs grpcio-tools).
+# Regenerate caffe_cae/proto/caffe_cae_pb2.py from the project's schema with protoc 31.1
+# (grpcio-tools 1.75.1, the `dev` extra): its gencode runs on protobuf 6.31+ and 7.x alike.
 schema:
+	$(VENV)/bin/pip install -q 'grpcio-tools==1.75.1'
 	$(PY) -m grpc_tools.protoc -Icaffe_cae/proto --python_out=caffe_cae/proto caffe_cae/proto/caffe_cae.proto
 
 test: setup
