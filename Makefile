@@ -35,6 +35,10 @@ schema:
 	$(VENV)/bin/pip install -q 'grpcio-tools==1.75.1'
 	$(PY) -m grpc_tools.protoc -Icaffe_cae/proto --python_out=caffe_cae/proto caffe_cae/proto/caffe_cae.proto
 
+# MNIST idx .gz (MNIST_DIR, else data/mnist) -> data/hdf5/{train,test}{,_pairs}.h5 + list files.
+data: setup
+	$(CAE) data $(if $(MNIST_DIR),--mnist-dir $(MNIST_DIR))
+
 test: setup
 	$(PY) -m pytest tests
 
