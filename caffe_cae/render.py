@@ -122,8 +122,11 @@ def paper_grid():
     return [(net, dim) for net in specs.NETS for dim in specs.PAPER_DIMS[net]]
 
 
-def render_paper_grid(out="generated", syntaxes=("legacy", "modern")):
+def render_paper_grid(out="generated", syntaxes=("legacy", "modern"), net_prefix="generated"):
     """Every net of the paper at its code sizes, both syntaxes, into ``out/{syntax}/``.
+
+    Solvers name their nets as ``{net_prefix}/{syntax}/...``, relative to the repository
+    root, wherever the files are written.
 
     Everything is rendered (and checked) before anything is written, and files of the
     grid no longer rendered are removed, so ``out`` is exactly the grid.
@@ -132,7 +135,7 @@ def render_paper_grid(out="generated", syntaxes=("legacy", "modern")):
     for syntax in syntaxes:
         folder = os.path.join(out, syntax)
         for net, dim in paper_grid():
-            texts = render_files(net, dim, syntax, net_dir=f"{out}/{syntax}")
+            texts = render_files(net, dim, syntax, net_dir=f"{net_prefix}/{syntax}")
             for kind in KINDS:
                 rendered[os.path.join(folder, file_name(net, dim, kind))] = texts[kind]
     for path, text in sorted(rendered.items()):
