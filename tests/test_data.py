@@ -2,6 +2,7 @@
 import gzip
 import os
 import shutil
+import subprocess
 
 import h5py
 import numpy as np
@@ -247,3 +248,62 @@ def test_cli_end_to_end(converted):
     assert forced.exit_code == 0 and forced.stderr.count("data: writing") == 4
     with h5py.File(paths["test_pairs"], "r") as f:
         assert f["pair_data"].shape == (10000, 2, 28, 28)
+
+
+# ---- real Caffe reads the files: HDF5Data over the list files --------------------------
+
+HDF5DATA_NET = """
+name: "hdf5data_check"
+layer { name: "images" type: "HDF5Data" top: "data" top: "label"
+        hdf5_data_param { source: "data/hdf5/train.txt" batch_size: 10 } }
+layer { name: "pairs" type: "HDF5Data" top: "pair_data" top: "sim"
+        hdf5_data_param { source: "data/hdf5/test_pairs.txt" batch_size: 10 } }
+"""
+
+HDF5DATA_SCRIPT = """
+import sys, numpy as np, caffe
+caffe.set_mode_cpu()
+net = caffe.Net("net.prototxt", caffe.TEST)
+out = {}
+for step in range(2):
+    net.forward()
+    for name in ("data", "label", "pair_data", "sim"):
+        out["%s_%d" % (name, step)] = net.blobs[name].data.copy()
+np.savez("blobs.npz", **out)
+"""
+
+
+def _engine():
+    """The Caffe engine, or skip (fail when CAFFE_CAE_REQUIRE_ENGINE=1)."""
+    try:
+        from caffe_cae import engine
+        return engine.get_engine(build=False)
+    except (ImportError, CaeError) as exc:
+        if os.environ.get("CAFFE_CAE_REQUIRE_ENGINE") == "1":
+            pytest.fail("CAFFE_CAE_REQUIRE_ENGINE=1 but no Caffe engine: %s" % exc)
+        pytest.skip(str(exc))
+
+
+def test_caffe_hdf5data_reads_the_files(tmp_path):
+    eng = _engine()
+    # the repository convention: list files name data/hdf5/*.h5 relative to the directory Caffe runs in
+    paths = data.write_tiny(str(tmp_path / "data" / "hdf5"), n=25, n_test=15, mnist_dir=VENDORED,
+                            list_prefix="data/hdf5")
+    (tmp_path / "net.prototxt").write_text(HDF5DATA_NET)
+    (tmp_path / "check.py").write_text(HDF5DATA_SCRIPT)
+    proc = eng.run([eng.python, "check.py"], cwd=str(tmp_path), stdout=subprocess.PIPE,
+                   stderr=subprocess.STDOUT, universal_newlines=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    blobs = np.load(str(tmp_path / "blobs.npz"))
+    with h5py.File(paths["train"], "r") as f:
+        x, y = f["data"][:], f["label"][:]
+    with h5py.File(paths["test_pairs"], "r") as f:
+        px, sim = f["pair_data"][:], f["sim"][:]
+    for step in range(2):
+        rows = slice(10 * step, 10 * step + 10)
+        assert blobs["data_%d" % step].shape == (10, 1, 28, 28)
+        np.testing.assert_array_equal(blobs["data_%d" % step], x[rows])
+        np.testing.assert_array_equal(blobs["label_%d" % step], y[rows])
+        assert blobs["pair_data_%d" % step].shape == (10, 2, 28, 28)
+        np.testing.assert_array_equal(blobs["pair_data_%d" % step], px[rows])
+        np.testing.assert_array_equal(blobs["sim_%d" % step], sim[rows])
