@@ -1,0 +1,52 @@
+"""Getting the Caffe engine in tests.
+
+With CAFFE_CAE_REQUIRE_ENGINE=1 (CI) a missing engine FAILS the test; otherwise the test
+is skipped with the reason. The engine is built on first use only when required (CI runs
+`make engine` first); set CAFFE_CAE_ENGINE to choose the kind.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from caffe_cae import REPO_ROOT
+from caffe_cae.errors import CaeError
+
+REQUIRED = os.environ.get("CAFFE_CAE_REQUIRE_ENGINE") == "1"
+SCRIPTS = os.path.join(REPO_ROOT, "tests", "engine_scripts")
+_cache = {}
+
+
+def require_engine():
+    if "engine" not in _cache:
+        from caffe_cae.engine import get_engine
+        try:
+            _cache["engine"] = get_engine(build=REQUIRED)
+        except CaeError as exc:
+            _cache["engine"] = exc
+    eng = _cache["engine"]
+    if isinstance(eng, CaeError):
+        if REQUIRED:
+            pytest.fail("CAFFE_CAE_REQUIRE_ENGINE=1 but no engine: %s" % eng)
+        pytest.skip("no Caffe engine (%s); run `make engine`" % eng)
+    return eng
+
+
+def run_json(eng, argv, cwd=None, timeout=900):
+    """Run argv in the engine; parse the last stdout line as JSON (fails with stderr)."""
+    proc = eng.run(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   universal_newlines=True, timeout=timeout)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        pytest.fail("%s exited %d:\n%s" % (" ".join(argv[:3]), proc.returncode, proc.stderr[-3000:]))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cli(*args, cwd=None, env=None):
+    """Run the caffe-cae CLI in a subprocess (host side)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env["PYTHONPATH"] = REPO_ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "caffe_cae"] + list(args), cwd=cwd, env=full_env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)

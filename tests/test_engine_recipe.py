@@ -1,0 +1,166 @@
+"""The engine recipe without building it: the caffe.proto / upgrade_proto.cpp patch reads its
+numbers from the project's schema, the cache key follows the recipe, and the Dockerfiles and
+shell scripts pass hadolint and shellcheck."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from caffe_cae import REPO_ROOT, engine
+
+PATCH = os.path.join(REPO_ROOT, "docker", "patch-caffe.py")
+SCHEMA = os.path.join(REPO_ROOT, "caffe_cae", "proto", "caffe_cae.proto")
+REQUIRED = os.environ.get("CAFFE_CAE_REQUIRE_ENGINE") == "1" or os.environ.get("CI") == "true"
+
+# The parts of BVLC Caffe 1.0's files that the patch touches, in their original form.
+FAKE_PROTO = """syntax = "proto2";
+package caffe;
+message LayerParameter {
+  optional string name = 1;
+  optional ClipParameter clip_param = 148;
+}
+message V1LayerParameter {
+  enum LayerType {
+    NONE = 0;
+    WINDOW_DATA = 24;
+    THRESHOLD = 31;
+  }
+  optional LayerType type = 5;
+  optional LossParameter loss_param = 42;
+}
+"""
+FAKE_UPGRADE = """bool UpgradeV1LayerParameter(const V1LayerParameter& v1_layer_param,
+                             LayerParameter* layer_param) {
+  if (v1_layer_param.has_transform_param()) {
+    layer_param->mutable_transform_param()->CopyFrom(
+        v1_layer_param.transform_param());
+  }
+}
+const char* UpgradeV1LayerType(const V1LayerParameter_LayerType type) {
+  switch (type) {
+  case V1LayerParameter_LayerType_THRESHOLD:
+    return "Threshold";
+  default:
+    return "";
+  }
+}
+"""
+
+
+def fake_tree(root):
+    for d in ("src/caffe/proto", "src/caffe/util", "src/caffe/layers", "src/caffe/test", "include/caffe/layers"):
+        os.makedirs(os.path.join(root, d))
+    with open(os.path.join(root, "src/caffe/proto/caffe.proto"), "w") as f:
+        f.write(FAKE_PROTO)
+    with open(os.path.join(root, "src/caffe/util/upgrade_proto.cpp"), "w") as f:
+        f.write(FAKE_UPGRADE)
+    return root
+
+
+def patch(src, schema=SCHEMA):
+    return subprocess.run([sys.executable, PATCH, src, schema, os.path.join(REPO_ROOT, "docker", "unpooling")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def test_patch_takes_numbers_from_schema_and_is_idempotent(tmp_path):
+    src = fake_tree(str(tmp_path / "caffe"))
+    proc = patch(src)
+    assert proc.returncode == 0, proc.stderr
+    proto = read(os.path.join(src, "src/caffe/proto/caffe.proto"))
+    assert "optional UnpoolingParameter unpooling_param = 150;" in proto.split("message V1LayerParameter")[0]
+    v1 = proto.split("message V1LayerParameter")[1].split("message UnpoolingParameter")[0]
+    assert "UNPOOLING = 42;" in v1 and "optional UnpoolingParameter unpooling_param = 44;" in v1
+    assert "optional uint32 unpool_size = 12;" in proto
+    upgrade = read(os.path.join(src, "src/caffe/util/upgrade_proto.cpp"))
+    assert 'case V1LayerParameter_LayerType_UNPOOLING:  // caffe-cae\n    return "Unpooling";' in upgrade
+    assert "mutable_unpooling_param()->CopyFrom" in upgrade
+    for rel in ("include/caffe/layers/unpooling_layer.hpp", "src/caffe/layers/unpooling_layer.cpp",
+                "src/caffe/layers/unpooling_layer.cu", "src/caffe/test/test_unpooling_layer.cpp"):
+        assert os.path.isfile(os.path.join(src, rel))
+    again = patch(src)
+    assert again.returncode == 0 and "already patched" in again.stdout
+    assert read(os.path.join(src, "src/caffe/proto/caffe.proto")) == proto
+
+
+def test_patch_follows_a_changed_schema_number(tmp_path):
+    schema = str(tmp_path / "schema.proto")
+    text = read(SCHEMA)
+    assert text.count("unpooling_param = 150;") == 1
+    with open(schema, "w") as f:
+        f.write(text.replace("unpooling_param = 150;", "unpooling_param = 151;"))
+    src = fake_tree(str(tmp_path / "caffe"))
+    assert patch(src, schema).returncode == 0
+    assert "unpooling_param = 151;" in read(os.path.join(src, "src/caffe/proto/caffe.proto"))
+
+
+def test_patch_refuses_a_taken_field_number(tmp_path):
+    src = fake_tree(str(tmp_path / "caffe"))
+    proto = os.path.join(src, "src/caffe/proto/caffe.proto")
+    with open(proto, "w") as f:
+        f.write(FAKE_PROTO.replace("clip_param = 148;", "clip_param = 150;"))
+    proc = patch(src)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        "patch-caffe: %s: field number 150 is already used in LayerParameter" % proto]
+
+
+def test_recipe_hash_covers_schema_and_layer(tmp_path, monkeypatch):
+    copy = str(tmp_path / "repo")
+    for rel in engine.recipe_files():
+        os.makedirs(os.path.dirname(os.path.join(copy, rel)), exist_ok=True)
+        shutil.copyfile(os.path.join(REPO_ROOT, rel), os.path.join(copy, rel))
+    monkeypatch.setattr(engine, "REPO_ROOT", copy)
+    assert "caffe_cae/proto/caffe_cae.proto" in engine.recipe_files()
+    assert "docker/unpooling/unpooling_layer.cu" in engine.recipe_files()
+    first = engine.recipe_hash()
+    assert engine.recipe_hash() == first
+    assert engine.recipe_hash(gpu=True) != first
+    with open(os.path.join(copy, "caffe_cae/proto/caffe_cae.proto"), "a") as f:
+        f.write("\n// changed\n")
+    second = engine.recipe_hash()
+    assert second != first
+    with open(os.path.join(copy, "docker/unpooling/unpooling_layer.cpp"), "a") as f:
+        f.write("\n")
+    assert engine.recipe_hash() not in (first, second)
+    monkeypatch.setenv("CAFFE_CAE_CACHE", str(tmp_path / "cache"))
+    assert engine.engine_dir() == os.path.join(str(tmp_path / "cache"), "engine", engine.recipe_hash())
+    assert engine.find_rootfs() is None
+
+
+def _tool(name):
+    found = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+    if not found:
+        if REQUIRED:
+            pytest.fail("%s is not installed (CI installs it: .ci/run, setup.cfg [test])" % name)
+        pytest.skip("%s is not installed" % name)
+    return found
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_hadolint(dockerfile):
+    proc = subprocess.run([_tool("hadolint"), os.path.join(REPO_ROOT, "docker", dockerfile)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_shellcheck():
+    scripts = [os.path.join(REPO_ROOT, "docker", "build-caffe.sh"), os.path.join(REPO_ROOT, ".ci", "run")]
+    proc = subprocess.run([_tool("shellcheck")] + scripts, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_dockerfiles_use_the_one_recipe():
+    for name in ("Dockerfile.cpu", "Dockerfile.gpu"):
+        text = read(os.path.join(REPO_ROOT, "docker", name))
+        assert "build-caffe.sh" in text and "caffe_cae/proto/caffe_cae.proto" in text
+    assert read(os.path.join(REPO_ROOT, "docker", "Dockerfile.cpu")).count("FROM debian:bullseye") == 1
+    gpu = read(os.path.join(REPO_ROOT, "docker", "Dockerfile.gpu"))
+    assert "FROM nvidia/cuda:11.8" in gpu and "--gpu" in gpu and "90" in gpu
