@@ -39,6 +39,11 @@ schema:
 data: setup
 	$(CAE) data $(if $(MNIST_DIR),--mnist-dir $(MNIST_DIR))
 
+# The Caffe engine: BVLC Caffe 1.0 + Unpooling in a cached Debian bullseye root file system
+# (~/.cache/caffe-cae/engine/<recipe hash>, or $CAFFE_CAE_CACHE); rebuilt only when the recipe changes.
+engine: setup
+	$(CAE) engine build
+
 test: setup
 	$(PY) -m pytest tests
 

@@ -30,7 +30,7 @@ def require_engine():
     if isinstance(eng, CaeError):
         if REQUIRED:
             pytest.fail("CAFFE_CAE_REQUIRE_ENGINE=1 but no engine: %s" % eng)
-        pytest.skip("no Caffe engine (%s); run `make engine`" % eng)
+        pytest.skip(str(eng))
     return eng
 
 
