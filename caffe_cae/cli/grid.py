@@ -1,0 +1,71 @@
+"""``caffe-cae grid``: the paper's grid of runs (train -> extract -> analyze), then the report."""
+import click
+
+from .options import fail, run_guarded
+
+
+@click.command("grid")
+@click.option("--nets", default="all", show_default=True,
+              help="'all' or a comma list, e.g. model1,model4.")
+@click.option("--dims", default="paper", show_default=True,
+              help="'paper' (each net's code sizes in Table 4) or a comma list, e.g. 2,10.")
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Runs per (net, D), with seeds 1..runs.")
+@click.option("--iters", type=click.IntRange(min=1), default=50000, show_default=True,
+              help="Training iterations of every run.")
+@click.option("--mode", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs at once (local: workers, each with cores/jobs BLAS threads; slurm: array cap).")
+@click.option("--out", default="runs", show_default=True, type=click.Path(),
+              help="Grid directory: OUT/{net}_d{D}/run{seed}, OUT/grid.json, OUT/report/.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (local) or the Slurm scripts, run nothing.")
+@click.option("--retry-failed", is_flag=True, help="Try again the runs recorded as failed.")
+@click.option("--train-arg", "train_args", multiple=True, metavar="ARG",
+              help="Extra argument passed to every `caffe-cae train` (repeatable).")
+@click.option("--cpus-per-task", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Slurm: CPUs (and BLAS threads) per array task.")
+@click.option("--partition", default=None, help="Slurm partition.")
+@click.option("--time", "time_limit", default=None, help="Slurm time limit per task, e.g. 12:00:00.")
+@click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
+              help="Extra #SBATCH line for both jobs, e.g. --sbatch-arg=--account=abc (repeatable).")
+def cli(nets, dims, runs, iters, mode, executor, jobs, out, dry_run, retry_failed, train_args,
+        cpus_per_task, partition, time_limit, sbatch_args):
+    """Run train -> extract -> analyze for every (net, D, seed), skipping finished runs, then the report.
+
+    Re-running finishes only what is missing; a run failing twice is recorded as failed in
+    OUT/grid.json and in the report.
+    """
+    import os
+    import shlex
+
+    from .. import grid
+
+    plan = run_guarded(lambda: grid.expand(grid.parse_nets(nets), grid.parse_dims(dims), runs))
+    config = {"iters": iters, "mode": mode, "train_args": list(train_args)}
+    if executor == "slurm":
+        run_guarded(grid.submit_slurm, out, plan, config, jobs, dry_run=dry_run,
+                    retry_failed=retry_failed, cpus_per_task=cpus_per_task, partition=partition,
+                    time_limit=time_limit, extra=sbatch_args, log=click.echo)
+        return
+    if dry_run:
+        for run in plan:
+            run_dir = os.path.join(out, run["dir"])
+            todo = [s for s in grid.STAGES if not grid.stage_done(run_dir, s)]
+            click.echo(f"# {run['id']}: " + ("finished" if not todo else "to do: " + " ".join(todo)))
+            for stage in todo:
+                click.echo(" ".join(map(shlex.quote, grid.stage_argv(stage, run, run_dir, config))))
+        click.echo(" ".join(map(shlex.quote, grid.report_argv(out, plan))))
+        return
+    counts = run_guarded(grid.run_local, out, plan, config, jobs, retry_failed=retry_failed,
+                         log=lambda m: click.echo(m, err=True))
+    state = grid.read_json(os.path.join(out, grid.STATE_FILE)) or {}
+    report = state.get("report", {})
+    click.echo(f"grid: {counts.get('done', 0)} done, {counts.get('failed', 0)} failed of {len(plan)} runs; "
+               f"state {os.path.join(out, grid.STATE_FILE)}")
+    if report.get("status") == "done":
+        click.echo(f"report: {os.path.abspath(os.path.join(out, report['path']))}")
+    else:
+        fail(f"report over {out} failed, see {os.path.join(out, 'report.log')}", code=1)
+    if counts.get("failed"):
+        raise SystemExit(1)
