@@ -132,7 +132,7 @@ name: "smoke"
 layers { name: "unpool1" type: UNPOOLING bottom: "x" top: "y"
          unpooling_param { unpool: MAX kernel_size: 2 stride: 2 unpool_size: 24 } }
 EOF
-GLOG_minloglevel=2 upgrade_net_proto_text "$SMOKE/v1.prototxt" "$SMOKE/modern.prototxt"
+GLOG_minloglevel=2 "$PREFIX/bin/upgrade_net_proto_text" "$SMOKE/v1.prototxt" "$SMOKE/modern.prototxt"
 grep -q 'type: "Unpooling"' "$SMOKE/modern.prototxt"
 grep -q 'unpool_size: 24' "$SMOKE/modern.prototxt"
 rm -rf "$SMOKE"
