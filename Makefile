@@ -44,6 +44,17 @@ data: setup
 engine: setup
 	$(CAE) engine build
 
+# Train one net: run directory RUN_DIR (manifest.json, log.jsonl, snapshots); seed = RUN.
+# Ctrl-C snapshots and stops; RESUME=1 continues; FORCE=1 overwrites a finished run.
+RUN_DIR ?= runs/$(NET)_d$(DIM)_run$(RUN)
+train: data
+	$(CAE) train --net $(NET) --dim $(DIM) --mode $(MODE) --iters $(ITERS) --seed $(RUN) --out $(RUN_DIR) \
+	  $(if $(RESUME),--resume) $(if $(FORCE),--force) $(TRAIN_ARGS)
+
+# ms per SGD iteration of every net (D=10) in the engine, and the harness's own costs.
+bench: setup
+	$(CAE) bench --out bench/results.json
+
 test: setup
 	$(PY) -m pytest tests
 

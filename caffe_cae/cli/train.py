@@ -1,0 +1,55 @@
+"""``caffe-cae train``: render a net and its solver into a run directory and train it."""
+import click
+
+from .options import NETS, fail, run_guarded
+
+EXIT_BY_REASON = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def parse_sets(pairs):
+    """``KEY=VALUE`` strings -> dict (CaeError on a pair without '=')."""
+    from ..errors import CaeError
+
+    overrides = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise CaeError("--set %s: expected KEY=VALUE" % pair)
+        key, value = pair.split("=", 1)
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+@click.command("train")
+@click.option("--net", type=click.Choice(NETS), default=None, help="Which net of the paper (not needed with --resume).")
+@click.option("--dim", type=click.IntRange(min=1), default=None, help="Code size D (not needed with --resume).")
+@click.option("--mode", type=click.Choice(["cpu", "gpu"]), default=None, help="CPU or GPU [default: cpu].")
+@click.option("--iters", type=click.IntRange(min=1), default=None, help="Training iterations [default: 50000].")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Solver random seed [default: 1].")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Run directory [default: runs/{net}_d{dim}_run{seed}].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last snapshot.")
+@click.option("--force", is_flag=True, help="Start again even if --out holds a finished run (it is deleted).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a setting (see `caffe-cae render --list-settings`), e.g. solver.base_lr=0.01.")
+@click.option("--data-root", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Directory Caffe runs in; data.dir (data/hdf5) is relative to it [default: current directory].")
+@click.option("--stop-after", type=click.IntRange(min=1), default=None,
+              help="End this session after that iteration as if interrupted (snapshot; continue with --resume).")
+def cli(net, dim, mode, iters, seed, out, resume, force, sets, data_root, stop_after):
+    """Train one net in the Caffe engine: progress bar, log.jsonl, snapshots, manifest.json.
+
+    Ctrl-C (or SIGTERM) snapshots and exits (status 130/143); --resume continues with the
+    same data order. A non-finite loss stops the run (exit 1) naming the iteration and the
+    first non-finite blob.
+    """
+    from .. import train as train_lib
+
+    overrides = run_guarded(parse_sets, sets)
+    try:
+        manifest = run_guarded(train_lib.train, net=net, dim=dim, mode=mode, iters=iters, seed=seed, out=out,
+                               resume=resume, force=force, overrides=overrides, data_root=data_root,
+                               stop_after=stop_after)
+    except train_lib.RunFailed as exc:
+        fail(exc, code=1)
+    if manifest.get("status") == "interrupted":
+        raise SystemExit(EXIT_BY_REASON.get(manifest.get("interrupted_by"), 0))

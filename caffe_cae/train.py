@@ -1,0 +1,601 @@
+"""Training runs: render a net and its solver into a run directory, train it in a backend.
+
+``train(net, dim, mode, iters, seed, out, ...)`` makes (or continues) a run directory:
+
+- ``{net}_d{D}_train_test.prototxt``, ``{net}_d{D}_deploy.prototxt``, ``{net}_d{D}_solver.prototxt``:
+  the rendered files (modern syntax); the solver names the net and the snapshot prefix by
+  absolute paths, so ``caffe train -solver`` run from the data root uses them as they are;
+- ``engine_solver.prototxt``: the solver pycaffe loads: the same with ``snapshot`` and
+  ``display`` at 0 and ``test_interval`` at 2^31-1 (never reached), because the worker keeps that schedule itself (pycaffe
+  cannot hand test losses back); rewritten at each session for the run's current place;
+- ``manifest.json``: net, D, syntax, seed, every resolved setting (``settings``) and the
+  overrides given, the data used, backend and engine (kind, Caffe version), CPU/GPU, git
+  commit, host, sessions (start, end, iterations, status), wall time, ``iterations``,
+  ``max_iter``, ``snapshots`` and ``status`` (running, finished, interrupted, failed);
+- ``log.jsonl``: ``{"iter", "phase": "train", "loss": {...}}`` every display interval (the
+  mean over the interval's iterations) and ``{"iter", "phase": "test-on-train" |
+  "test-on-test", "loss": {...}}`` (means over the whole stage) at every test interval and
+  at the end; loss keys ``cross_entropy``/``euclidean``, or ``contrastive``;
+- ``snapshots/{net}_d{D}_iter_K.caffemodel`` and ``.solverstate``; ``engine.log`` (Caffe's
+  own messages).
+
+Faults: SIGINT/SIGTERM (or ``Session.stop``) snapshot and end the run with status
+``interrupted``; ``resume=True`` continues from the last snapshot with the same data order
+(see :mod:`caffe_cae.backends.caffe_worker`); a non-finite loss ends the run with status
+``failed`` and a message naming the iteration and the first non-finite blob; a finished
+run is not overwritten without ``force``, an unfinished one not without ``resume`` or
+``force``. Data paths (``data.dir``) are relative to ``data_root`` (default: the current
+directory), where the worker runs; the run directory must be visible in the engine.
+"""
+import fcntl
+import json
+import math
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from . import REPO_ROOT, render, specs
+from .errors import CaeError
+
+SYNTAX = "modern"
+MANIFEST = "manifest.json"
+LOG = "log.jsonl"
+ENGINE_SOLVER = "engine_solver.prototxt"
+#: solver fields the worker schedules itself, and their values in engine_solver.prototxt
+#: (Caffe insists on test_interval > 0 when there are test nets: the largest int32 is never reached)
+SCHEDULED = {"test_interval": 2147483647, "snapshot": 0, "display": 0}
+
+
+class RunFailed(Exception):
+    """Training ended with status ``failed`` (message: why); the run directory says more."""
+
+
+# -- small helpers ----------------------------------------------------------------------
+
+def now_iso(t=None):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if t is None else t))
+
+
+def write_json(path, value):
+    """Write JSON to ``path`` atomically."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_manifest(run_dir):
+    """The run's manifest (dict) or None when there is none; CaeError when unreadable."""
+    path = os.path.join(run_dir, MANIFEST)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CaeError("%s: not a readable run manifest (%s)" % (path, exc)) from None
+    if not isinstance(value, dict) or "net" not in value:
+        raise CaeError("%s: not a caffe-cae run manifest (no 'net')" % path)
+    return value
+
+
+def default_run_dir(net, dim, seed):
+    return os.path.join("runs", "%s_d%d_run%d" % (net, dim, seed))
+
+
+def git_info():
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", REPO_ROOT] + list(args), stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, universal_newlines=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit or None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None}
+
+
+def host_info():
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"hostname": socket.gethostname(), "platform": platform.platform(), "cpu": cpu,
+            "cpus": os.cpu_count(), "threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+                                                if k in os.environ}}
+
+
+# -- data -------------------------------------------------------------------------------
+
+def data_files(net, s, data_root):
+    """What the net's HDF5Data layers read: {"train"|"test": {"list", "files", "rows"}}.
+    CaeError naming the list file or h5 file that is missing or wrong."""
+    import h5py
+
+    suffix, top = ("_pairs", "pair_data") if net == "siamese" else ("", "data")
+    folder = s["data.dir"]
+    out = {}
+    for split in ("train", "test"):
+        rel = os.path.join(folder, split + suffix + ".txt")
+        path = os.path.join(data_root, rel)
+        try:
+            with open(path, encoding="utf-8") as f:
+                entries = [line.strip() for line in f if line.strip()]
+        except OSError:
+            raise CaeError("%s: data list not found (run `caffe-cae data` (make data) in %s, or set data.dir)"
+                           % (path, data_root)) from None
+        if not entries:
+            raise CaeError("%s: empty data list (expected one .h5 path per line)" % path)
+        rows = 0
+        files = []
+        for entry in entries:
+            h5 = os.path.join(data_root, entry)
+            try:
+                with h5py.File(h5, "r") as f:
+                    if top not in f:
+                        raise CaeError("%s (listed in %s): no dataset '%s'" % (h5, path, top))
+                    rows += f[top].shape[0]
+            except OSError as exc:
+                raise CaeError("%s (listed in %s): cannot open as HDF5 (%s)" % (h5, path, exc)) from None
+            files.append(os.path.abspath(h5))
+        images = os.path.join(data_root, folder, split + ".h5")
+        out[split] = {"list": os.path.abspath(path), "files": files, "rows": rows,
+                      "images": os.path.abspath(images)}
+    return out
+
+
+def schedule(s, data):
+    """Test stages and data cycles: what the worker needs to run and resume the schedule."""
+    batch = s["data.batch_size"]
+
+    def period(rows):
+        return rows // math.gcd(rows, batch)
+
+    stages = []
+    for name, split, key in (("test-on-train", "train", "data.train_size"), ("test-on-test", "test", "data.test_size")):
+        stages.append({"name": name, "iter": math.ceil(s[key] / batch), "period": period(data[split]["rows"])})
+    return stages, period(data["train"]["rows"])
+
+
+# -- run directory ------------------------------------------------------------------------
+
+class RunLock:
+    """An exclusive lock on ``run_dir/.lock`` (CaeError when another process holds it)."""
+
+    def __init__(self, run_dir):
+        self.path = os.path.join(run_dir, ".lock")
+        self.handle = open(self.path, "a")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.handle.close()
+            raise CaeError("%s: the run is in use by another caffe-cae process" % run_dir) from None
+
+    def release(self):
+        if self.handle:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+
+def _check_run_dir(run_dir, manifest, resume, force):
+    """Refuse to overwrite or mix runs. Returns True when a fresh run is to be made."""
+    if manifest is None:
+        if resume:
+            raise CaeError("%s: no run to resume (no %s); start it without --resume" % (run_dir, MANIFEST))
+        if os.path.isdir(run_dir) and [n for n in os.listdir(run_dir) if n != ".lock"]:
+            raise CaeError("%s: not empty and not a run directory (no %s); choose another --out" % (run_dir, MANIFEST))
+        return True
+    status = manifest.get("status")
+    what = "%s d%s, %s/%s iterations" % (manifest.get("net"), manifest.get("dim"), manifest.get("iterations"),
+                                         manifest.get("max_iter"))
+    if force:
+        return True
+    if status == "finished":
+        if resume:
+            return False
+        raise CaeError("%s: holds a finished run (%s); use --force to overwrite it or --out for another directory"
+                       % (run_dir, what))
+    if not resume:
+        raise CaeError("%s: holds an unfinished run (%s, status %s); use --resume to continue it or --force to "
+                       "start again" % (run_dir, what, status))
+    return False
+
+
+def _clear_run_dir(run_dir):
+    for name in os.listdir(run_dir):
+        if name == ".lock":
+            continue
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+
+def engine_solver_text(solver_text, run_dir, net, dim):
+    """The solver pycaffe loads: scheduled fields at 0, paths for the run's current place."""
+    lines = []
+    for line in solver_text.splitlines():
+        key = line.split(":", 1)[0].strip()
+        if key in SCHEDULED:
+            line = "%s: %d" % (key, SCHEDULED[key])
+        elif key == "net":
+            line = 'net: "%s"' % os.path.join(run_dir, render.file_name(net, dim, "train_test"))
+        elif key == "snapshot_prefix":
+            line = 'snapshot_prefix: "%s"' % snapshot_prefix(run_dir, net, dim)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def snapshot_prefix(run_dir, net, dim):
+    return os.path.join(run_dir, "snapshots", "%s_d%d" % (net, dim))
+
+
+def _truncate_log(path, last_iter):
+    """Keep only the log records up to ``last_iter`` (those after it are made again)."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                if json.loads(line)["iter"] <= last_iter:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def last_snapshot(run_dir, manifest):
+    """The newest snapshot recorded in the manifest whose two files exist, or None."""
+    for snap in reversed(manifest.get("snapshots") or []):
+        model = os.path.join(run_dir, snap["caffemodel"])
+        state = os.path.join(run_dir, snap["solverstate"])
+        if os.path.isfile(model) and os.path.isfile(state):
+            return dict(snap, caffemodel_path=os.path.abspath(model), solverstate_path=os.path.abspath(state))
+    return None
+
+
+# -- progress -----------------------------------------------------------------------------
+
+class Progress:
+    """A one-line progress bar on a terminal; plain lines (at log records) otherwise."""
+
+    def __init__(self, label, total, stream=None, tty=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.label = label
+        self.total = total
+        self.marks = []  # (time, iter)
+        self.width = 0
+
+    def rate(self):
+        if len(self.marks) < 2:
+            return None
+        (t0, i0), (t1, i1) = self.marks[0], self.marks[-1]
+        return (i1 - i0) / (t1 - t0) if t1 > t0 and i1 > i0 else None
+
+    def _text(self, it, loss):
+        rate = self.rate()
+        losses = " ".join("%s %.4g" % (k[:2] if k != "contrastive" else "con", v) for k, v in sorted(loss.items()))
+        eta = "--:--"
+        if rate:
+            eta = _clock((self.total - it) / rate)
+        frac = it / self.total if self.total else 1.0
+        bar = "#" * int(frac * 20)
+        return "%s [%-20s] %d/%d %s | %s it/s | ETA %s" % (
+            self.label, bar, it, self.total, losses, "%.1f" % rate if rate else "-", eta)
+
+    def update(self, it, loss, t=None):
+        self.marks.append((t or time.time(), it))
+        self.marks = self.marks[-40:]
+        if self.tty:
+            text = self._text(it, loss)
+            self.stream.write("\r" + text.ljust(self.width))
+            self.width = len(text)
+            self.stream.flush()
+
+    def record(self, record):
+        if self.tty:
+            if record["phase"] != "train":
+                self.note("%s iter %d %s" % (record["phase"], record["iter"], _fmt_losses(record["loss"])))
+            return
+        rate = self.rate()
+        self.stream.write("%s iter %d/%d %s %s%s\n" % (
+            self.label, record["iter"], self.total, record["phase"], _fmt_losses(record["loss"]),
+            " (%.1f it/s)" % rate if rate and record["phase"] == "train" else ""))
+        self.stream.flush()
+
+    def note(self, text):
+        if self.tty and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.width = 0
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self):
+        if self.tty and self.width:
+            self.stream.write("\n")
+            self.width = 0
+            self.stream.flush()
+
+
+def _clock(seconds):
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    return "%d:%02d:%02d" % (h, rest // 60, rest % 60) if h else "%d:%02d" % (rest // 60, rest % 60)
+
+
+def _fmt_losses(loss):
+    return " ".join("%s=%.6g" % kv for kv in sorted(loss.items()))
+
+
+# -- the run ------------------------------------------------------------------------------
+
+def _overrides(overrides, iters, seed, mode):
+    out = dict(overrides or {})
+    if iters is not None:
+        out["solver.max_iter"] = iters
+    if seed is not None:
+        out["solver.random_seed"] = seed
+    if mode is not None:
+        out["solver.solver_mode"] = mode.upper()
+    return out
+
+
+def _same(name, given, recorded):
+    if given is not None and given != recorded:
+        raise CaeError("--%s %s: the run in this directory has %s %s; --resume continues it as recorded"
+                       % (name, given, name, recorded))
+
+
+def train(net=None, dim=None, mode=None, iters=None, seed=None, out=None, resume=False, force=False,
+          overrides=None, data_root=None, stop_after=None, backend=None, stream=None, tty=None,
+          handle_signals=True):
+    """Train (or continue) one run; returns its manifest. See the module docstring.
+
+    ``overrides``: {setting: value} as ``--set``; ``iters``/``seed``/``mode`` set
+    ``solver.max_iter``/``solver.random_seed``/``solver.solver_mode``. ``stop_after`` ends
+    the session after that iteration as if interrupted (status ``interrupted``).
+    ``handle_signals``: turn SIGINT/SIGTERM into a snapshot and a clean end (main thread
+    only). Raises CaeError on bad input and RunFailed when training fails."""
+    from .backends import get_backend
+
+    mode = mode.lower() if mode else None
+    if mode not in (None, "cpu", "gpu"):
+        raise CaeError("--mode: expected cpu or gpu, got %r" % mode)
+    if seed is None and not resume:
+        seed = 1
+    if out is None:
+        if net is None or dim is None:
+            raise CaeError("--net and --dim are needed to name the run directory (or give --out)")
+        out = default_run_dir(net, dim, seed if seed is not None else 1)
+    run_dir = os.path.abspath(out)
+    manifest = read_manifest(run_dir) if os.path.isdir(run_dir) else None
+    if resume and manifest is not None:
+        _same("net", net, manifest["net"])
+        _same("dim", dim, manifest["dim"])
+        _same("seed", seed, manifest["seed"])
+        _same("iters", iters, manifest["max_iter"])
+        _same("mode", mode, manifest.get("mode"))
+        given = {k: str(v) for k, v in (overrides or {}).items()}
+        recorded = {k: str(v) for k, v in (manifest.get("overrides_given") or {}).items()}
+        if given and given != recorded:
+            raise CaeError("--set %s: the run in this directory was made with --set %s; --resume continues it as "
+                           "recorded" % (" ".join("%s=%s" % kv for kv in sorted(given.items())),
+                                         " ".join("%s=%s" % kv for kv in sorted(recorded.items())) or "(none)"))
+        net, dim, seed, mode = manifest["net"], manifest["dim"], manifest["seed"], manifest.get("mode", "cpu")
+        overrides = manifest.get("overrides_given") or {}
+        data_root = data_root or manifest.get("data_root")
+    if net is None or dim is None:
+        raise CaeError("--net and --dim are required for a new run")
+    mode = mode or "cpu"
+    data_root = os.path.abspath(data_root or os.getcwd())
+    given = dict(overrides or {})
+    full = _overrides(given, iters, seed, mode)
+    s = specs.settings(net, full)
+    specs.layers(net, dim, "train_test", SYNTAX, resolved=s)  # checks net and dim
+    data = data_files(net, s, data_root)
+    for split, key in (("train", "data.train_size"), ("test", "data.test_size")):
+        if key not in given:
+            full[key] = data[split]["rows"]
+    s = specs.settings(net, full)
+    for key in ("solver.display", "solver.test_interval", "solver.snapshot"):
+        if s[key] < 1:
+            raise CaeError("--set %s=%s: expected a positive number of iterations" % (key, s[key]))
+    if stop_after is not None and stop_after < 1:
+        raise CaeError("--stop-after: expected a positive iteration, got %s" % stop_after)
+
+    be = backend or get_backend("caffe")
+    info = be.info(mode)  # CaeError for --mode gpu without a GPU
+    if hasattr(be, "check_visible"):
+        be.check_visible([run_dir] + [data[split]["list"] for split in data], data_root)
+
+    fresh = _check_run_dir(run_dir, manifest, resume, force)
+    if manifest is not None and not fresh and manifest.get("status") == "finished":
+        note = Progress("%s d%d" % (net, dim), s["solver.max_iter"], stream, tty)
+        note.note("%s: already finished (%d iterations); nothing to resume" % (run_dir, manifest["iterations"]))
+        return manifest
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as exc:
+        raise CaeError("%s: cannot create the run directory (%s)" % (run_dir, exc.strerror)) from None
+    lock = RunLock(run_dir)
+    try:
+        if fresh:
+            _clear_run_dir(run_dir)
+            manifest = _new_manifest(net, dim, seed, mode, s, given, full, data, data_root, info, run_dir)
+        return _session(be, manifest, run_dir, s, data, data_root, stop_after, stream, tty, handle_signals)
+    finally:
+        lock.release()
+
+
+def _new_manifest(net, dim, seed, mode, s, given, full, data, data_root, info, run_dir):
+    paths = render.write_files(net, dim, run_dir, SYNTAX, full, net_dir=run_dir,
+                               snapshot_prefix=snapshot_prefix(run_dir, net, dim))
+    os.makedirs(os.path.join(run_dir, "snapshots"), exist_ok=True)
+    manifest = {
+        "format": 1, "net": net, "dim": dim, "syntax": SYNTAX, "seed": seed, "mode": mode,
+        "backend": info["backend"], "engine": _engine_record(info),
+        "settings": s, "overrides_given": {k: str(v) for k, v in given.items()},
+        "solver": {k.split(".", 1)[1]: v for k, v in s.items() if k.startswith("solver.")},
+        "max_iter": s["solver.max_iter"], "iterations": 0, "status": "created",
+        "files": {kind: os.path.basename(p) for kind, p in paths.items()},
+        "data_root": data_root, "data": data, "code_blob": specs.code_blob(net),
+        "reconstruction_blob": specs.reconstruction_blob(net), "git": git_info(), "host": host_info(),
+        "created": now_iso(), "started": None, "ended": None, "wall_seconds": 0.0, "sessions": [],
+        "snapshots": [],
+    }
+    manifest["files"]["engine_solver"] = ENGINE_SOLVER
+    write_json(os.path.join(run_dir, MANIFEST), manifest)
+    return manifest
+
+
+def _engine_record(info):
+    record = {k: info.get(k) for k in ("location", "caffe_version", "unpooling", "python", "recipe")}
+    record["kind"] = info.get("engine")
+    return record
+
+
+def _session(be, manifest, run_dir, s, data, data_root, stop_after, stream, tty, handle_signals):
+    import signal
+
+    net, dim = manifest["net"], manifest["dim"]
+    mpath = os.path.join(run_dir, MANIFEST)
+    with open(os.path.join(run_dir, manifest["files"]["solver"]), encoding="utf-8") as f:
+        solver_text = f.read()
+    render.write_atomic(os.path.join(run_dir, ENGINE_SOLVER), engine_solver_text(solver_text, run_dir, net, dim))
+    stages, train_period = schedule(s, data)
+    snap = last_snapshot(run_dir, manifest)
+    resume = None
+    if snap:
+        resume = {"solverstate": snap["solverstate_path"], "caffemodel": snap["caffemodel_path"], "iter": snap["iter"],
+                  "test_passes": snap.get("test_passes", 0), "train_sum": snap.get("train_sum") or {},
+                  "train_count": snap.get("train_count", 0)}
+    start_iter = snap["iter"] if snap else 0
+    log_path = os.path.join(run_dir, LOG)
+    if snap:
+        _truncate_log(log_path, start_iter)
+    elif os.path.exists(log_path):
+        os.unlink(log_path)
+    job = {"solver": os.path.join(run_dir, ENGINE_SOLVER), "mode": manifest["mode"], "max_iter": manifest["max_iter"],
+           "display": s["solver.display"], "test_interval": s["solver.test_interval"], "snapshot": s["solver.snapshot"],
+           "snapshot_prefix": snapshot_prefix(run_dir, net, dim), "test_stages": stages,
+           "train_period": train_period, "resume": resume, "stop_after": stop_after,
+           "stderr_log": os.path.join(run_dir, "engine.log")}
+    session_info = {"started": now_iso(), "from_iter": start_iter, "status": "running",
+                    "engine": _engine_record(be.info(manifest["mode"]))}
+    manifest["sessions"].append(session_info)
+    manifest["status"] = "running"
+    manifest["started"] = manifest["started"] or session_info["started"]
+    write_json(mpath, manifest)
+
+    progress = Progress("%s d%d" % (net, dim), manifest["max_iter"], stream, tty)
+    t_start = time.time()
+    session = be.train(job, data_root)
+    received = []
+
+    def on_signal(signum, _frame):
+        received.append(signum)
+        if len(received) == 1:
+            progress.note("%s: stopping: snapshot, then exit (again to abort)" % signal.Signals(signum).name)
+            session.stop()
+        else:
+            session.kill()
+
+    old = {}
+    if handle_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, on_signal)
+    end = {"status": "failed", "message": "no end event"}
+    it = start_iter
+    try:
+        with open(log_path, "a", encoding="utf-8") as log:
+            try:
+                for event in session.events():
+                    kind = event.pop("event")
+                    if kind == "progress":
+                        it = event["iter"]
+                        progress.update(it, event.get("loss", {}))
+                    elif kind == "log":
+                        log.write(json.dumps(event, sort_keys=True) + "\n")
+                        log.flush()
+                        progress.record(event)
+                    elif kind == "snapshot":
+                        it = event["iter"]
+                        entry = {"iter": it, "caffemodel": os.path.relpath(event["caffemodel"], run_dir),
+                                 "solverstate": os.path.relpath(event["solverstate"], run_dir),
+                                 "train_sum": event.get("train_sum") or {}, "train_count": event.get("train_count", 0),
+                                 "test_passes": event.get("test_passes", 0), "time": now_iso()}
+                        manifest["snapshots"] = [x for x in manifest["snapshots"] if x["iter"] != it] + [entry]
+                        manifest["iterations"] = it
+                        _account(manifest, session_info, t_start, it)
+                        write_json(mpath, manifest)
+                    elif kind == "nonfinite":
+                        progress.note("%s: %s" % (run_dir, event["message"]))
+                        manifest["failure"] = {k: event.get(k) for k in ("message", "iter", "first", "params", "loss")}
+                    elif kind == "end":
+                        end = event
+            except CaeError as exc:
+                end = {"status": "failed", "message": str(exc)}
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        progress.close()
+    status = end.get("status", "failed")
+    if received and status == "failed" and not manifest.get("failure"):
+        status, end["reason"] = "interrupted", signal.Signals(received[0]).name
+    if status == "finished":
+        it = end.get("iter", it)
+    elif status == "interrupted":
+        it = end.get("iter", manifest["iterations"])
+    manifest["iterations"] = it if status != "failed" else manifest["iterations"]
+    manifest["status"] = status
+    _account(manifest, session_info, t_start, it)
+    session_info["status"] = status
+    if end.get("reason"):
+        session_info["reason"] = end["reason"]
+        manifest["interrupted_by"] = end["reason"]
+    if status == "failed":
+        manifest["failure"] = manifest.get("failure") or {"message": end.get("message")}
+    write_json(mpath, manifest)
+    if status == "failed":
+        raise RunFailed("%s: %s" % (run_dir, manifest["failure"]["message"]))
+    if status == "interrupted":
+        progress.note("%s: interrupted at iteration %d (%s); snapshot saved; continue with --resume"
+                      % (run_dir, manifest["iterations"], end.get("reason")))
+    else:
+        progress.note("%s: finished %d iterations in %.0f s" % (run_dir, it, session_info["wall_seconds"]))
+    return manifest
+
+
+def _account(manifest, session_info, t_start, it):
+    """Update times: the session's and the run's (sum over sessions)."""
+    t = time.time()
+    session_info["ended"] = now_iso(t)
+    session_info["to_iter"] = it
+    session_info["wall_seconds"] = round(t - t_start, 3)
+    manifest["ended"] = session_info["ended"]
+    manifest["wall_seconds"] = round(sum(x.get("wall_seconds", 0.0) for x in manifest["sessions"]), 3)
