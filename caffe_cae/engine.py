@@ -39,8 +39,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 from . import REPO_ROOT
@@ -277,7 +279,9 @@ class RootfsEngine(Engine):
                 args += ["--ro-bind", full, "/" + name]
         return args
 
-    def command(self, argv, cwd=None, env=None):
+    def command(self, argv, cwd=None, env=None, ro_binds=None):
+        """As Engine.command; ``ro_binds`` {host path: top-level path inside} adds read-only
+        binds (e.g. a host CUDA toolkit at /cuda for compile checks)."""
         cwd = os.path.abspath(cwd or os.getcwd())
         for top in ("/usr", "/etc", "/opt", "/var", "/bin", "/lib", "/sbin"):
             if cwd == top or cwd.startswith(top + "/"):
@@ -288,6 +292,8 @@ class RootfsEngine(Engine):
                 "--dir", "/root", "--dir", "/run"]
         for p in visible_paths(cwd):
             cmd += ["--bind", p, p]
+        for host, inside in sorted((ro_binds or {}).items()):
+            cmd += ["--ro-bind", host, inside]
         cmd += ["--chdir", cwd, "--clearenv"]
         for k, v in sorted(_inside_env(env, [CAFFE_PYTHON_DIR, REPO_ROOT]).items()):
             cmd += ["--setenv", k, v]
@@ -337,6 +343,10 @@ def _clean_stale(parent):
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
+def _terminated(signum, frame):
+    raise SystemExit("caffe-cae: engine build terminated (signal %d); nothing was kept" % signum)
+
+
 def build_rootfs(gpu=False, log=sys.stderr, force=False):
     """Build (or reuse) the root file system engine; returns its RootfsEngine.
 
@@ -365,6 +375,9 @@ def build_rootfs(gpu=False, log=sys.stderr, force=False):
             return RootfsEngine(final)
         _clean_stale(parent)
         tmp = os.path.join(parent, ".tmp-%s-%d" % (os.path.basename(final), os.getpid()))
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGTERM, _terminated)
         try:
             seconds = _build_into(tmp, gpu, log)
             if os.path.exists(final):
@@ -373,6 +386,9 @@ def build_rootfs(gpu=False, log=sys.stderr, force=False):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
     print("[engine] ready in %.0f s: %s" % (seconds, final), file=log, flush=True)
     return RootfsEngine(final)
 
