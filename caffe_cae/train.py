@@ -554,8 +554,10 @@ def _session(be, manifest, run_dir, s, data, data_root, stop_after, stream, tty,
                         _account(manifest, session_info, t_start, it)
                         write_json(mpath, manifest)
                     elif kind == "nonfinite":
-                        progress.note("%s: %s" % (run_dir, event["message"]))
-                        manifest["failure"] = {k: event.get(k) for k in ("message", "iter", "first", "params", "loss")}
+                        manifest["failure"] = {k: event.get(k) for k in ("message", "iter", "first", "params")}
+                        manifest["failure"]["loss"] = {k: v if math.isfinite(v) else repr(v)
+                                                       for k, v in (event.get("loss") or {}).items()}
+                        it = event["iter"] - 1
                     elif kind == "end":
                         end = event
             except CaeError as exc:
@@ -566,12 +568,14 @@ def _session(be, manifest, run_dir, s, data, data_root, stop_after, stream, tty,
         progress.close()
     status = end.get("status", "failed")
     if received and status == "failed" and not manifest.get("failure"):
-        status, end["reason"] = "interrupted", signal.Signals(received[0]).name
+        status = "interrupted"
+    if received and status == "interrupted":
+        end["reason"] = signal.Signals(received[0]).name
     if status == "finished":
         it = end.get("iter", it)
     elif status == "interrupted":
         it = end.get("iter", manifest["iterations"])
-    manifest["iterations"] = it if status != "failed" else manifest["iterations"]
+    manifest["iterations"] = it
     manifest["status"] = status
     _account(manifest, session_info, t_start, it)
     session_info["status"] = status

@@ -396,7 +396,8 @@ def write_blobs(net, job, np):
         f.attrs["label"] = int(job["digit"])
         f.attrs["index"] = index
         for key, value in (job.get("attrs") or {}).items():
-            f.attrs[key] = value
+            if key not in ("split", "stage"):
+                f.attrs[key] = value
 
     _write_h5(job["blobs_out"], fill)
     return index
