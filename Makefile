@@ -12,7 +12,7 @@ NET    ?= $(if $(filter siamese deep_ae,$(MODEL)),$(MODEL),model$(MODEL))
 CAE := $(VENV)/bin/caffe-cae
 PY  := $(VENV)/bin/python
 
-.PHONY: help setup prototxt schema engine data train test bench clean
+.PHONY: help setup prototxt schema engine data train test bench clean reproduce-quick reproduce
 
 help:
 	@echo "make setup | prototxt | engine | data | train MODEL=3 DIM=30 MODE=cpu | test | bench"
@@ -54,6 +54,23 @@ train: data
 # ms per SGD iteration of every net (D=10) in the engine, and the harness's own costs.
 bench: setup
 	$(CAE) bench --out bench/results.json
+
+# The paper's grid (caffe-cae grid): train -> extract -> analyze every run, then the report.
+# Re-running finishes only what is missing. EXECUTOR=slurm submits a job array instead.
+# QUICK_ITERS: chosen so `make reproduce-quick` ends in about 20 minutes on 2 cores (README).
+QUICK_ITERS ?= 300
+JOBS        ?= 2
+EXECUTOR    ?= local
+GRID_OUT    ?= runs/paper
+reproduce: setup engine data prototxt
+	$(CAE) grid --nets all --dims paper --runs 3 --iters 50000 --mode $(MODE) \
+	  --executor $(EXECUTOR) --jobs $(JOBS) --out $(GRID_OUT)
+
+# The short grid: every net at D=10 and D=2, one run each, QUICK_ITERS iterations.
+reproduce-quick: setup engine data prototxt
+	$(CAE) grid --nets all --dims 10,2 --runs 1 --iters $(QUICK_ITERS) --mode $(MODE) \
+	  --jobs $(JOBS) --out runs/quick
+	@echo "The report: $(CURDIR)/runs/quick/report/index.html"
 
 test: setup
 	$(PY) -m pytest tests
