@@ -92,30 +92,37 @@ def recipe_files():
     return sorted(files)
 
 
-def recipe_hash(gpu=False):
-    """First 16 hex digits of the sha256 of the recipe files (names and contents)."""
-    h = hashlib.sha256(("caffe-cae engine %s %s %s %s\n" % (BUILD_FORMAT, SUITE, VARIANT,
-                                                              "gpu" if gpu else "cpu")).encode())
+def recipe_contents():
+    """{repository-relative path: bytes} of the recipe files, read once."""
+    out = {}
     for rel in recipe_files():
         path = os.path.join(REPO_ROOT, rel)
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                out[rel] = f.read()
         except OSError as exc:
             raise CaeError("%s: cannot read engine recipe file (%s)" % (path, exc.strerror))
+    return out
+
+
+def recipe_hash(gpu=False, contents=None):
+    """First 16 hex digits of the sha256 of the recipe files (names and contents)."""
+    h = hashlib.sha256(("caffe-cae engine %s %s %s %s\n" % (BUILD_FORMAT, SUITE, VARIANT,
+                                                              "gpu" if gpu else "cpu")).encode())
+    for rel, data in sorted((contents or recipe_contents()).items()):
         h.update(rel.encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
     return h.hexdigest()[:16]
+
+
+def engine_dir(gpu=False, contents=None):
+    """Where the root file system engine for the current recipe lives (built or not)."""
+    return os.path.join(cache_root(), "engine", recipe_hash(gpu, contents) + ("-gpu" if gpu else ""))
 
 
 def cache_root():
     """$CAFFE_CAE_CACHE, else ~/.cache/caffe-cae."""
     return os.path.abspath(os.environ.get("CAFFE_CAE_CACHE") or
                            os.path.join(os.path.expanduser("~"), ".cache", "caffe-cae"))
-
-
-def engine_dir(gpu=False):
-    """Where the root file system engine for the current recipe lives (built or not)."""
-    return os.path.join(cache_root(), "engine", recipe_hash(gpu) + ("-gpu" if gpu else ""))
 
 
 def _inside_env(env, extra_pythonpath):
@@ -357,7 +364,8 @@ def build_rootfs(gpu=False, log=sys.stderr, force=False):
     if gpu:
         raise CaeError("engine build --gpu: the GPU recipe is docker/Dockerfile.gpu (needs Docker and a CUDA "
                        "base image); the rootfs engine is CPU only")
-    final = engine_dir(gpu)
+    contents = recipe_contents()  # what is hashed is what is built, whatever changes meanwhile
+    final = engine_dir(gpu, contents)
     parent = os.path.dirname(final)
     if os.path.isfile(os.path.join(final, "engine.json")) and not force:
         return RootfsEngine(final)
@@ -379,7 +387,7 @@ def build_rootfs(gpu=False, log=sys.stderr, force=False):
         if threading.current_thread() is threading.main_thread():
             old_handler = signal.signal(signal.SIGTERM, _terminated)
         try:
-            seconds = _build_into(tmp, gpu, log)
+            seconds = _build_into(tmp, gpu, log, contents)
             if os.path.exists(final):
                 shutil.rmtree(final)
             os.rename(tmp, final)
@@ -393,7 +401,7 @@ def build_rootfs(gpu=False, log=sys.stderr, force=False):
     return RootfsEngine(final)
 
 
-def _build_into(tmp, gpu, log):
+def _build_into(tmp, gpu, log, contents):
     start = time.time()
     rootfs = os.path.join(tmp, "rootfs")
     os.makedirs(tmp)
@@ -404,12 +412,12 @@ def _build_into(tmp, gpu, log):
         status, last = _stream(["debootstrap", "--variant=" + VARIANT, SUITE, rootfs, mirror], log_file, log)
         if status != 0:
             raise CaeError("debootstrap %s failed (exit %d): %s" % (SUITE, status, last[-1] if last else ""))
-        recipe = rootfs + RECIPE_IN_ROOTFS
-        os.makedirs(recipe)
-        for rel in recipe_files():
-            dest = os.path.join(recipe, rel.replace("docker/", "", 1).replace("caffe_cae/proto/", "", 1))
+        recipe_dir = rootfs + RECIPE_IN_ROOTFS
+        for rel, data in sorted(contents.items()):
+            dest = os.path.join(recipe_dir, rel.replace("docker/", "", 1).replace("caffe_cae/proto/", "", 1))
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            shutil.copyfile(os.path.join(REPO_ROOT, rel), dest)
+            with open(dest, "wb") as f:
+                f.write(data)
         cmd = ["bwrap", "--bind", rootfs, "/", "--proc", "/proc", "--dev", "/dev", "--perms", "1777",
                "--tmpfs", "/tmp", "--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf", "--cap-add", "ALL",
                "--unshare-pid", "--die-with-parent", "--clearenv",
@@ -428,9 +436,9 @@ def _build_into(tmp, gpu, log):
                  "--", "apt-get", "clean"]
         subprocess.run(clean, stdout=log_file, stderr=subprocess.STDOUT)
     seconds = time.time() - start
-    meta = {"recipe": recipe_hash(gpu), "suite": SUITE, "mode": "gpu" if gpu else "cpu",
+    meta = {"recipe": recipe_hash(gpu, contents), "suite": SUITE, "mode": "gpu" if gpu else "cpu",
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build_seconds": round(seconds, 1),
-            "files": recipe_files()}
+            "files": sorted(contents)}
     with open(os.path.join(tmp, "engine.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return seconds
