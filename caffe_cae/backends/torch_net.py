@@ -315,6 +315,22 @@ class HDF5Source:
                     self.data = self._load(self.file)
         return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
 
+    def skip(self, batches):
+        """Advance by ``batches`` batches without reading them (resume at the same data order)."""
+        rows = batches * self.batch
+        if len(self.files) == 1:
+            self.row = (self.row + rows) % self.data[0].shape[0]
+            return
+        while rows:
+            n = self.data[0].shape[0]
+            take = min(rows, n - self.row)
+            rows -= take
+            self.row += take
+            if self.row == n:
+                self.row = 0
+                self.file = (self.file + 1) % len(self.files)
+                self.data = self._load(self.file)
+
     def state(self):
         return {"file": self.file, "row": self.row}
 
@@ -876,7 +892,7 @@ class TorchNet:
         if total is None:
             raise CaeError("net %s: no loss top to train on" % self.name)
         total.backward()
-        return blobs, float(total)
+        return blobs, float(total.detach())
 
     def zero_grad(self):
         for t in self.learnable:
@@ -907,6 +923,11 @@ class TorchNet:
                             raise CaeError("%s: layer %s blob %d has shape %s, the net expects %s"
                                            % (source, name, i, a.shape, tuple(t.shape)))
                     t.copy_(torch.from_numpy(a.reshape(tuple(t.shape))).to(self.device))
+
+    def skip_batches(self, batches):
+        """Advance every data layer by ``batches`` batches (Caffe does not store the position)."""
+        for source in self.data_sources().values():
+            source.skip(batches)
 
     def data_sources(self):
         """name -> HDF5Source of the data layers (for saving / restoring the data position)."""

@@ -5,8 +5,9 @@ phase TRAIN) with parameters filled from ``random_seed`` (fresh random when -1),
 test net per ``test_state`` (phase TEST) sharing the train net's parameter blobs. One
 ``step()`` is Caffe's ``Solver::Step`` for one iteration:
 
-- clear the diffs; ``iter_size`` forward/backward passes accumulate them; the reported
-  loss is the mean of the passes' weighted losses;
+- clear the diffs; ``iter_size`` forward/backward passes accumulate them; ``loss`` is the
+  mean of the passes' weighted losses (Caffe's step loss), ``losses`` the loss tops of the
+  last pass (what Caffe's ``net.blobs`` show after the step);
 - ``ApplyUpdate``: learning rate from ``lr_policy`` (fixed, step, exp, inv, multistep,
   poly, sigmoid, computed as Caffe does, in float32), gradient clipping
   (``clip_gradients``), then per learnable blob: scale the diff by 1/iter_size, add
@@ -118,14 +119,11 @@ class TorchSolver:
         for _ in range(n):
             net.zero_grad()
             total = 0.0
-            parts = {}
             for _ in range(size):
                 blobs, loss = net.forward_backward()
                 total += loss
-                for top in net.losses:
-                    parts[top] = parts.get(top, 0.0) + float(blobs[top].detach())
             self.loss = total / size
-            self.losses = {k: v / size for k, v in parts.items()}
+            self.losses = {top: float(blobs[top].detach()) for top in net.losses}
             if on_gradients is not None and on_gradients(self, blobs, self.loss) is False:
                 return False
             self.apply_update()

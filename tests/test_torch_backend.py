@@ -1,0 +1,261 @@
+"""The PyTorch backend (issue 8) against the real Caffe engine.
+
+For every net at D=2, starting from the same .caffemodel (written by Caffe after its own
+fillers): the forward blobs and the parameter gradients of torch and Caffe agree within
+1e-5; after 100 SGD iterations on the same batches (tiny HDF5 data, 250 training rows, so
+batches of 100 wrap around and span the end of the file) the loss curves and the weights
+agree within 1e-4; a run resumed in torch from Caffe's iteration-50 .solverstate and one
+resumed in Caffe from torch's end where the uninterrupted run ends; Caffe loads torch's
+.caffemodel and computes torch's forward pass.
+
+Relative error of an array ``a`` (torch) against ``b`` (Caffe): ``max|a - b| / max|b|``
+(``max|b|`` floored at 1e-30), per blob, per parameter blob, per loss curve.
+
+Engine tests: skipped without an engine or PyTorch, FAIL under CAFFE_CAE_REQUIRE_ENGINE=1.
+"""
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from caffe_cae import REPO_ROOT, caffemodel
+from caffe_cae.data import write_tiny
+from caffe_cae.errors import CaeError
+from caffe_cae.schema import parse_net, parse_solver, to_text
+
+from engine_support import REQUIRED, SCRIPTS, require_engine, run_json
+
+NETS = ["deep_ae", "model1", "model2", "model3", "model4", "model5", "siamese"]
+ITERS = 100
+HALF = 50
+FWD_TOL = 1e-5
+SGD_TOL = 1e-4
+#: nets also checked for Caffe resuming from torch's .solverstate (the rest: torch from Caffe's)
+CAFFE_RESUMES = ["model3", "model4", "siamese"]
+#: a solver variant exercising momentum, iter_size, weight decay and a decaying lr policy
+VARIANT = {"net": "model2", "momentum": 0.9, "lr_policy": "inv", "gamma": 0.001, "power": 0.75,
+           "iter_size": 2, "weight_decay": 0.005, "base_lr": 0.01}
+
+
+def need_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        if REQUIRED:
+            pytest.fail("CAFFE_CAE_REQUIRE_ENGINE=1 but PyTorch is not installed (pip install -e '.[torch]')")
+        pytest.skip("PyTorch is not installed")
+
+
+def rel_err(a, b):
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    if not a.size:
+        return 0.0
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-30))
+
+
+def gen(*parts):
+    return os.path.join(REPO_ROOT, "generated", "modern", *parts)
+
+
+def write_solver(work, key, net, **changes):
+    """A solver for ``net``'s D=2 train_test with test/display/snapshot schedules off."""
+    sp = parse_solver(gen("%s_d2_solver.prototxt" % net))
+    sp.net = gen("%s_d2_train_test.prototxt" % net)
+    sp.max_iter = ITERS
+    sp.display = 0
+    sp.test_interval = 0
+    sp.snapshot = 0
+    sp.random_seed = 1
+    sp.snapshot_prefix = os.path.join(work, "snap", key, "caffe")
+    for field, value in changes.items():
+        setattr(sp, field, value)
+    os.makedirs(os.path.join(work, "snap", key), exist_ok=True)
+    path = os.path.join(work, "%s_solver.prototxt" % key)
+    with open(path, "w") as f:
+        f.write(to_text(sp))
+    return path
+
+
+def run_caffe(eng, work, tasks, name):
+    path = os.path.join(work, name + ".json")
+    with open(path, "w") as f:
+        json.dump(tasks, f)
+    return run_json(eng, [eng.python, os.path.join(SCRIPTS, "torch_equality.py"), path], cwd=work,
+                    timeout=3600)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Caffe's half, run once: init weights, first-batch forward/backward, 100 SGD iterations."""
+    need_torch()
+    eng = require_engine()
+    work = str(tmp_path_factory.mktemp("torch_eq"))
+    write_tiny(os.path.join(work, "data", "hdf5"), n=250, n_test=150)
+    cases = {}
+    tasks = []
+    variant = {k: v for k, v in VARIANT.items() if k != "net"}
+    for key, net, changes in [(n, n, {}) for n in NETS] + [("variant", VARIANT["net"], variant)]:
+        solver = write_solver(work, key, net, **changes)
+        d = os.path.join(work, "snap", key)
+        case = {"net": net, "solver": solver, "dir": d, "init": os.path.join(d, "init.caffemodel"),
+                "caffe_final": os.path.join(d, "caffe_final.caffemodel"),
+                "caffe_sgd": os.path.join(d, "caffe_sgd.h5"), "fwd": os.path.join(d, "caffe_fwd.h5")}
+        cases[key] = case
+        tasks.append({"kind": "init", "solver": solver, "out": case["init"]})
+        if key != "variant":
+            tasks.append({"kind": "fwdbwd", "net": gen("%s_d2_train_test.prototxt" % net),
+                          "weights": case["init"], "out": case["fwd"]})
+        tasks.append({"kind": "sgd", "solver": solver, "weights": case["init"], "iters": ITERS,
+                      "snapshot_at": HALF, "out": case["caffe_sgd"], "final": case["caffe_final"]})
+    report = run_caffe(eng, work, tasks, "caffe_run1")
+    return {"eng": eng, "work": work, "cases": cases, "seconds": report["seconds"]}
+
+
+def torch_forward(case, work, weights):
+    from caffe_cae.backends.torch_net import TorchNet
+    net = TorchNet(parse_net(gen("%s_d2_train_test.prototxt" % case["net"])), "train", cwd=work)
+    net.set_weights(caffemodel.read_caffemodel(weights), source=weights)
+    net.zero_grad()
+    blobs, _ = net.forward_backward()
+    return net, {k: v.detach().numpy() for k, v in blobs.items()}
+
+
+@pytest.mark.parametrize("key", NETS)
+def test_forward_and_gradients_equal_caffe(setup, key):
+    case = setup["cases"][key]
+    net, blobs = torch_forward(case, setup["work"], case["init"])
+    worst = {}
+    with h5py.File(case["fwd"], "r") as f:
+        caffe_blobs = {k: f["blobs"][k][()] for k in f["blobs"]}
+        assert set(blobs) <= set(caffe_blobs), set(blobs) - set(caffe_blobs)
+        for name, value in blobs.items():
+            worst["blob " + name] = rel_err(value, caffe_blobs[name].reshape(value.shape))
+        for layer, tensors in net.params.items():
+            for i, t in enumerate(tensors):
+                worst["grad %s/%d" % (layer, i)] = rel_err(t.grad.numpy(), f["diffs/%s/%d" % (layer, i)][()])
+    name = max(worst, key=worst.get)
+    print("%s: max relative error %.2e (%s) over %d arrays" % (key, worst[name], name, len(worst)))
+    assert worst[name] <= FWD_TOL, {k: v for k, v in worst.items() if v > FWD_TOL}
+
+
+def torch_sgd(case, work, iters, restore=None, skip=0, snapshot_at=None):
+    from caffe_cae.backends.torch_solver import TorchSolver
+    solver = TorchSolver(case["solver"], cwd=work, test_nets=False)
+    if restore:
+        solver.restore(restore)
+        solver.net.skip_batches(skip)
+    else:
+        solver.load_weights(case["init"])
+    curves = {top: [] for top in solver.net.losses}
+    for _ in range(iters):
+        solver.step(1)
+        for top, value in solver.losses.items():
+            curves[top].append(value)
+        if snapshot_at and solver.iter == snapshot_at:
+            solver.snapshot(os.path.join(case["dir"], "torch"))
+    return solver, curves
+
+
+def compare_weights(weights, reference_path):
+    ref = dict(caffemodel.read_caffemodel(reference_path))
+    errs = {}
+    for layer, arrays in weights:
+        for i, a in enumerate(arrays):
+            errs["%s/%d" % (layer, i)] = rel_err(a, ref[layer][i].reshape(a.shape))
+    return errs
+
+
+@pytest.mark.parametrize("key", NETS + ["variant"])
+def test_sgd_100_iterations_equal_caffe(setup, key):
+    case = setup["cases"][key]
+    solver, curves = torch_sgd(case, setup["work"], ITERS, snapshot_at=HALF)
+    solver.save_weights(os.path.join(case["dir"], "torch_final.caffemodel"))
+    with h5py.File(case["caffe_sgd"], "r") as f:
+        caffe_curves = {k: f["loss"][k][()] for k in f["loss"]}
+    assert set(curves) == set(caffe_curves)
+    loss_err = {top: rel_err(curves[top], caffe_curves[top]) for top in curves}
+    w_err = compare_weights(solver.net.get_weights(), case["caffe_final"])
+    worst = max(w_err, key=w_err.get)
+    print("%s: loss curves max rel %.2e, weights max rel %.2e (%s)"
+          % (key, max(loss_err.values()), w_err[worst], worst))
+    assert max(loss_err.values()) <= SGD_TOL, loss_err
+    assert w_err[worst] <= SGD_TOL, {k: v for k, v in w_err.items() if v > SGD_TOL}
+    for top in curves:  # the runs learn: later losses below the first ones
+        assert np.mean(curves[top][-10:]) < np.mean(curves[top][:10]), top
+
+
+@pytest.mark.parametrize("key", NETS)
+def test_torch_resumes_caffe_solverstate(setup, key):
+    case = setup["cases"][key]
+    state = os.path.join(case["dir"], "caffe_iter_%d.solverstate" % HALF)
+    solver, _ = torch_sgd(case, setup["work"], ITERS - HALF, restore=state, skip=HALF)
+    assert solver.iter == ITERS
+    w_err = compare_weights(solver.net.get_weights(), case["caffe_final"])
+    assert max(w_err.values()) <= SGD_TOL, {k: v for k, v in w_err.items() if v > SGD_TOL}
+
+
+@pytest.fixture(scope="module")
+def caffe_run2(setup):
+    """Caffe's second half: forward from torch's .caffemodel; resume from torch's .solverstate."""
+    tasks = []
+    for key in NETS:
+        case = setup["cases"][key]
+        final = os.path.join(case["dir"], "torch_final.caffemodel")
+        if not os.path.exists(final):
+            pytest.fail("%s missing: test_sgd_100_iterations_equal_caffe[%s] did not run" % (final, key))
+        tasks.append({"kind": "fwdbwd", "net": gen("%s_d2_train_test.prototxt" % case["net"]),
+                      "weights": final, "out": os.path.join(case["dir"], "caffe_fwd_torchmodel.h5")})
+        if key in CAFFE_RESUMES:
+            tasks.append({"kind": "sgd", "solver": case["solver"], "weights": None,
+                          "restore": os.path.join(case["dir"], "torch_iter_%d.solverstate" % HALF),
+                          "skip": HALF, "iters": ITERS - HALF, "snapshot_at": None,
+                          "out": os.path.join(case["dir"], "caffe_resumed.h5"),
+                          "final": os.path.join(case["dir"], "caffe_resumed.caffemodel")})
+    return run_caffe(setup["eng"], setup["work"], tasks, "caffe_run2")
+
+
+@pytest.mark.parametrize("key", NETS)
+def test_caffe_loads_torch_caffemodel(setup, caffe_run2, key):
+    case = setup["cases"][key]
+    final = os.path.join(case["dir"], "torch_final.caffemodel")
+    _, blobs = torch_forward(case, setup["work"], final)
+    with h5py.File(os.path.join(case["dir"], "caffe_fwd_torchmodel.h5"), "r") as f:
+        errs = {name: rel_err(v, f["blobs"][name][()].reshape(v.shape)) for name, v in blobs.items()}
+    assert max(errs.values()) <= FWD_TOL, {k: v for k, v in errs.items() if v > FWD_TOL}
+
+
+@pytest.mark.parametrize("key", CAFFE_RESUMES)
+def test_caffe_resumes_torch_solverstate(setup, caffe_run2, key):
+    case = setup["cases"][key]
+    w_err = compare_weights(caffemodel.read_caffemodel(os.path.join(case["dir"], "caffe_resumed.caffemodel")),
+                            case["caffe_final"])
+    assert max(w_err.values()) <= SGD_TOL, {k: v for k, v in w_err.items() if v > SGD_TOL}
+
+
+# ------------------------------------------------------------------ torch only (no engine)
+
+def test_unsupported_layer_is_a_clear_error():
+    need_torch()
+    from caffe_cae.backends.torch_net import TorchNet
+    net = parse_net('name: "x" layer { name: "in" type: "Input" top: "data" '
+                    'input_param { shape { dim: 2 dim: 3 } } } '
+                    'layer { name: "drop" type: "Dropout" bottom: "data" top: "data" }')
+    with pytest.raises(CaeError, match="layer drop: type 'Dropout' is not supported"):
+        TorchNet(net, "test")
+
+
+def test_caffemodel_round_trip_and_bad_file(tmp_path):
+    layers = [("conv1", [np.arange(6, dtype=np.float32).reshape(2, 3, 1, 1), np.ones(2, np.float32)])]
+    path = str(tmp_path / "m.caffemodel")
+    caffemodel.write_caffemodel(path, "n", layers)
+    (name, arrays), = caffemodel.read_caffemodel(path)
+    assert name == "conv1" and arrays[0].shape == (2, 3, 1, 1)
+    assert np.array_equal(arrays[0], layers[0][1][0])
+    bad = tmp_path / "bad.caffemodel"
+    bad.write_bytes(b"\xff\xff\xff not a proto")
+    with pytest.raises(CaeError, match="bad.caffemodel: not a binary .caffemodel"):
+        caffemodel.read_caffemodel(str(bad))
