@@ -20,7 +20,7 @@ This module imports only the standard library: the package is also imported insi
 Caffe engine, where :mod:`caffe_cae.backends.caffe_worker` runs.
 """
 
-BACKENDS = ("caffe",)
+BACKENDS = ("caffe", "torch")
 
 
 class Session:
@@ -59,4 +59,8 @@ def get_backend(name="caffe", **options):
     if name == "caffe":
         from .caffe_engine import CaffeBackend
         return CaffeBackend(**options)
+    if name == "torch":
+        from .torch_backend import TorchBackend, check_available
+        check_available()
+        return TorchBackend()
     raise CaeError("--backend %s: expected one of %s" % (name, ", ".join(BACKENDS)))

@@ -249,7 +249,7 @@ class _ContrastiveLoss(torch.autograd.Function):
 class HDF5Source:
     """Caffe's HDF5Data without shuffle: rows of the listed files in order, wrapping around."""
 
-    def __init__(self, lp, cwd):
+    def __init__(self, lp, cwd, cache=None):
         import h5py
         p = lp.hdf5_data_param
         if p.shuffle:
@@ -269,14 +269,15 @@ class HDF5Source:
             raise CaeError("layer %s: %s lists no HDF5 files" % (lp.name, p.source))
         self.files = [os.path.join(cwd, f) for f in files]
         self._h5py = h5py
-        self._cache = {}
+        self._cache = cache if cache is not None else {}
         self.file, self.row = 0, 0
         self.data = self._load(0)
 
     def _load(self, k):
-        if k in self._cache:
-            return self._cache[k]
         path = self.files[k]
+        key = (os.path.abspath(path), tuple(self.tops))
+        if key in self._cache:
+            return self._cache[key]
         try:
             with self._h5py.File(path, "r") as f:
                 arrays = []
@@ -291,7 +292,7 @@ class HDF5Source:
             raise CaeError("layer %s: %s: datasets %s are empty or differ in rows"
                            % (self.name, path, self.tops))
         if len(self.files) == 1:
-            self._cache[k] = arrays
+            self._cache[key] = arrays
         return arrays
 
     def shapes(self):
@@ -389,12 +390,16 @@ class InputLayer(Layer):
 class HDF5DataLayer(Layer):
     def __init__(self, lp, net):
         super().__init__(lp, net)
-        self.source = HDF5Source(lp, net.cwd)
+        self.source = HDF5Source(lp, net.cwd, net.h5_cache)
+        self.last = None
 
     def forward(self, bottoms):
         if self.net.setting_up:
             return [torch.zeros(s, device=self.net.device) for s in self.source.shapes()]
-        return [torch.from_numpy(a).to(self.net.device) for a in self.source.next_batch()]
+        if self.net.replaying and self.last is not None:
+            return self.last
+        self.last = [torch.from_numpy(a).to(self.net.device) for a in self.source.next_batch()]
+        return self.last
 
 
 class ConvLayer(Layer):
@@ -768,7 +773,8 @@ class TorchNet:
     ``stages``/``level``: the NetState; ``cwd``: directory relative paths (HDF5 lists) are
     resolved against; ``generator``: torch.Generator for the fillers (default seed 0);
     ``share_with``: a TorchNet whose parameter blobs are used for layers of the same name
-    (Caffe's ShareTrainedLayersWith, as a solver's test nets do).
+    (Caffe's ShareTrainedLayersWith, as a solver's test nets do); ``h5_cache``: a dict shared
+    by nets reading the same single-file HDF5 lists (the arrays are read once, never written).
 
     Attributes: ``layers`` (Layer objects in order), ``params`` (layer name -> list of
     tensors, as pycaffe's ``net.params``), ``learnable`` (unique parameter tensors in Caffe's
@@ -777,8 +783,9 @@ class TorchNet:
     """
 
     def __init__(self, net_param, phase="train", stages=(), level=0, cwd=".", device="cpu",
-                 generator=None, share_with=None):
+                 generator=None, share_with=None, h5_cache=None):
         net_param = modern(net_param)
+        self.h5_cache = h5_cache if h5_cache is not None else {}
         self.name = net_param.name
         self.phase = PHASES[phase]
         self.cwd = cwd
@@ -808,6 +815,7 @@ class TorchNet:
                 if w:
                     self.losses[top] = float(w)
         self.params = {}
+        self.replaying = False
         self.setting_up = True
         try:
             with torch.no_grad():
@@ -852,9 +860,9 @@ class TorchNet:
         return t
 
     # running ------------------------------------------------------------------
-    def _run(self, setup=False, stop=None):
+    def _run(self, setup=False, stop=None, trace=None):
         blobs = {}
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             try:
                 bottoms = [blobs[b] for b in layer.bottoms]
             except KeyError as exc:
@@ -867,17 +875,25 @@ class TorchNet:
                                % (layer.name, layer.type, len(tops), len(layer.tops)))
             for name, t in zip(layer.tops, tops):
                 blobs[name] = t
+                if trace is not None:
+                    trace(index, layer, name, t)
             if stop is not None and layer.name == stop:
                 break
         self.blobs = blobs
         return blobs
 
-    def forward(self, inputs=None, end=None):
+    def forward(self, inputs=None, end=None, replay=False, trace=None):
         """Run the net (next batch for data layers, ``inputs`` name -> array for Input tops).
+        ``replay``: data layers give their last batch again; ``trace(index, layer, top, tensor)``
+        is called after each layer for each of its tops; ``end``: stop after that layer.
         Returns (blobs dict, weighted total loss as a 0-d tensor or None)."""
         self.inputs = {k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=self.device)
                        for k, v in (inputs or {}).items()}
-        blobs = self._run(stop=end)
+        self.replaying = replay
+        try:
+            blobs = self._run(stop=end, trace=trace)
+        finally:
+            self.replaying = False
         total = None
         for top, w in self.losses.items():
             if top in blobs:
@@ -923,6 +939,15 @@ class TorchNet:
                             raise CaeError("%s: layer %s blob %d has shape %s, the net expects %s"
                                            % (source, name, i, a.shape, tuple(t.shape)))
                     t.copy_(torch.from_numpy(a.reshape(tuple(t.shape))).to(self.device))
+
+    def input_names(self):
+        """Top names of the Input layers, in order."""
+        return [t for layer in self.layers if isinstance(layer, InputLayer) for t in layer.tops]
+
+    def input_shapes(self):
+        """Input top name -> declared shape."""
+        return {t: s for layer in self.layers if isinstance(layer, InputLayer)
+                for t, s in zip(layer.tops, layer.shapes)}
 
     def skip_batches(self, batches):
         """Advance every data layer by ``batches`` batches (Caffe does not store the position)."""

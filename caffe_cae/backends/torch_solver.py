@@ -96,14 +96,16 @@ class TorchSolver:
         self.gen = torch.Generator().manual_seed(self.seed)
         self.net_param = net_param_of(sp, cwd)
         ts = sp.train_state
+        cache = {}
         self.net = TorchNet(self.net_param, "train", stages=list(ts.stage), level=ts.level, cwd=cwd,
-                            device=self.device, generator=self.gen)
+                            device=self.device, generator=self.gen, h5_cache=cache)
         self.test_nets = []
         if test_nets:
             for state in sp.test_state:
                 self.test_nets.append(TorchNet(self.net_param, "test", stages=list(state.stage),
                                                level=state.level, cwd=cwd, device=self.device,
-                                               generator=self.gen, share_with=self.net))
+                                               generator=self.gen, share_with=self.net,
+                                               h5_cache=cache))
         self.iter = 0
         self.current_step = 0
         self.history = [torch.zeros_like(t, requires_grad=False) for t in self.net.learnable]
