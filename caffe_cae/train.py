@@ -407,6 +407,7 @@ def train(net=None, dim=None, mode=None, iters=None, seed=None, out=None, resume
                            "recorded" % (" ".join("%s=%s" % kv for kv in sorted(given.items())),
                                          " ".join("%s=%s" % kv for kv in sorted(recorded.items())) or "(none)"))
         net, dim, seed, mode = manifest["net"], manifest["dim"], manifest["seed"], manifest.get("mode", "cpu")
+        iters = manifest["max_iter"]
         overrides = manifest.get("overrides_given") or {}
         data_root = data_root or manifest.get("data_root")
     if net is None or dim is None:
@@ -422,6 +423,12 @@ def train(net=None, dim=None, mode=None, iters=None, seed=None, out=None, resume
         if key not in given:
             full[key] = data[split]["rows"]
     s = specs.settings(net, full)
+    if resume and manifest is not None and manifest.get("settings"):
+        changed = ["%s %s -> %s" % (k, manifest["settings"].get(k), v) for k, v in sorted(s.items())
+                   if manifest["settings"].get(k) != v]
+        if changed:
+            raise CaeError("%s: cannot resume: the settings (or the data in %s) differ from the run's: %s"
+                           % (run_dir, data_root, "; ".join(changed)))
     for key in ("solver.display", "solver.test_interval", "solver.snapshot"):
         if s[key] < 1:
             raise CaeError("--set %s=%s: expected a positive number of iterations" % (key, s[key]))
