@@ -1,0 +1,62 @@
+"""``caffe-cae analyze``: Table 4's errors and sparsity, Section 5.1's compression, Figs. 2-11."""
+import os
+import sys
+
+import click
+
+from .options import run_guarded
+
+
+@click.command("analyze")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--folds", type=click.IntRange(min=2), default=10, show_default=True,
+              help="Stratified cross-validation folds of the classifiers.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds, MLP weights, t-SNE, digit picks.")
+@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Parallel MLP folds and t-SNE threads.")
+@click.option("--test-h5", type=click.Path(dir_okay=False), default=None,
+              help="Test images for the reconstruction figures [default: the run manifest's data.test.images].")
+@click.option("--no-diagram", is_flag=True, help="Skip the graphviz net diagram.")
+@click.option("--reference", is_flag=True,
+              help="Also train the paper's 784-88-10 MLP on the raw test images once (minutes; cached in "
+                   "--reference-cache) and add it to analysis.json as the reference row.")
+@click.option("--reference-cache", type=click.Path(dir_okay=False), show_default=True,
+              default=os.path.join("~", ".cache", "caffe-cae", "reference_mlp_784.json"),
+              help="JSON cache of the raw-pixel reference result.")
+def cli(run_dirs, folds, seed, jobs, test_h5, no_diagram, reference, reference_cache):
+    """Classify, measure and draw each RUN_DIR; write RUN_DIR/analysis.json and RUN_DIR/figures/."""
+    from .. import analyze as lib
+
+    cache = os.path.expanduser(reference_cache)
+
+    def say(message):
+        click.echo(message, err=True)
+
+    for run_dir in run_dirs:
+        if reference:
+            run_guarded(_reference, lib, run_dir, test_h5, cache, folds, seed, jobs, say)
+        out = run_guarded(lib.analyze_run, run_dir, folds=folds, seed=seed, jobs=jobs, test_h5=test_h5,
+                          diagram=not no_diagram, reference_cache=cache, progress=say if sys.stderr.isatty() else None)
+        paper = out["paper"]
+
+        def cell(ours, theirs):
+            return "%.2f (paper %s)" % (ours, "-" if theirs is None else "%.2f" % theirs)
+
+        sp = (paper.get("sparsity") or {}).get("30")
+        click.echo("%s: %s D=%d linear %s, MLP %s %s, sparsity30 %s, compression %.1f %% (%g bytes); "
+                   "%d figures in %.1f s" % (
+                       os.path.join(run_dir, "analysis.json"), out["net"], out["dim"],
+                       cell(out["linear_error"], paper.get("linear_error")), out["mlp_size"],
+                       cell(out["mlp_error"], paper.get("mlp_error")), cell(out["sparsity"]["30"], sp),
+                       out["compression"]["ratio_percent"], out["compression"]["total_bytes"],
+                       len(out["figures"]), out["timings"]["total"]))
+
+
+def _reference(lib, run_dir, test_h5, cache, folds, seed, jobs, say):
+    manifest = lib.read_manifest(os.path.abspath(run_dir))
+    codes = lib.read_codes(os.path.abspath(run_dir))
+    path = test_h5 or ((manifest.get("data") or {}).get("test") or {}).get("images")
+    images = lib.read_test_images(path, len(codes["label"]), codes["label"])
+    say("raw-pixel reference MLP 784-88-10 on %d images (%d folds), cached in %s" % (len(images), folds, cache))
+    result = lib.raw_pixel_reference(images, codes["label"], cache=cache, folds=folds, seed=seed, jobs=jobs)
+    say("reference: %.2f %% (paper 2.85 %%)%s" % (result["error"], " (cached)" if result["cached"] else ""))
