@@ -152,10 +152,10 @@ def table(results):
         if net in results["nets"]:
             r = results["nets"][net]
             lines.append("| %s | %.1f | %s |" % (net, r["ms"], ", ".join("%.1f" % x for x in r["ms_all"])))
-    lines += ["", "| Harness step | seconds |", "|---|---|"]
-    for name, seconds in results["harness"].items():
-        if isinstance(seconds, (int, float)):
-            lines.append("| %s | %.2f |" % (name, seconds))
+    harness = [(k, v) for k, v in results["harness"].items() if isinstance(v, (int, float))]
+    if harness:
+        lines += ["", "| Harness step | seconds |", "|---|---|"]
+        lines += ["| %s | %.2f |" % (name, seconds) for name, seconds in harness]
     lines += ["", "Conditions: %s engine, Caffe %s, %s, %s (%s CPUs), %s." % (
         cond.get("engine"), cond.get("caffe_version"), str(cond.get("mode", "")).upper(),
         (cond.get("host") or {}).get("cpu"), (cond.get("host") or {}).get("cpus"), cond.get("date"))]
