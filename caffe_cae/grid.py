@@ -2,7 +2,8 @@
 
 A run is a dict ``{"id", "net", "dim", "seed", "dir"}``; its directory is
 ``OUT/{net}_d{D}/run{seed}``. Each run goes through the stages train -> extract -> analyze,
-each a ``python -m caffe_cae <stage>`` subprocess whose output goes to ``RUN_DIR/grid.log``.
+each a ``python -m caffe_cae <stage>`` subprocess (run in the grid's current directory)
+whose output goes to ``OUT/logs/{id}.log``.
 A stage is skipped when its output says it is complete:
 
 * train: ``manifest.json`` with a finished ``status`` (a run left unfinished is continued
@@ -132,6 +133,10 @@ def run_complete(run_dir):
     return all(stage_done(run_dir, s) for s in STAGES)
 
 
+def count_unfinished(out, plan):
+    return sum(not run_complete(os.path.join(out, run["dir"])) for run in plan)
+
+
 def train_started(run_dir):
     """A training run was begun in ``run_dir`` (so it is continued with --resume)."""
     return os.path.isfile(os.path.join(run_dir, "manifest.json"))
@@ -143,8 +148,10 @@ def stage_argv(stage, run, run_dir, config):
     if stage == "train":
         argv = base + ["train", "--net", run["net"], "--dim", str(run["dim"]), "--mode", config["mode"],
                        "--iters", str(config["iters"]), "--seed", str(run["seed"]), "--out", run_dir]
-        for item in config.get("train_args", ()):
-            argv.append(item)
+        for pair in config.get("sets", ()):
+            argv += ["--set", pair]
+        if config.get("data_root"):
+            argv += ["--data-root", config["data_root"]]
         if train_started(run_dir):
             argv.append("--resume")
         return argv
@@ -223,9 +230,11 @@ def check_output_dir(out, n_pending):
 # -- one run --------------------------------------------------------------------------
 
 def thread_env(threads):
+    """This process's environment with ``threads`` BLAS/OpenMP threads and the package importable."""
     env = dict(os.environ)
     for name in THREAD_VARS:
         env[name] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -235,8 +244,10 @@ def run_stages(out, run, config, env, attempts=2, log=print):
     Returns "done" or "failed"; the state file and ``RUN_DIR/failed.json`` record it.
     """
     run_dir = os.path.join(out, run["dir"])
-    os.makedirs(run_dir, exist_ok=True)
-    log_path = os.path.join(run_dir, "grid.log")
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    log_path = os.path.join(out, "logs", run["id"] + ".log")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(run_dir, "failed.json"))  # train wants a run directory of its own
     previous = (read_json(os.path.join(out, STATE_FILE)) or {}).get("runs", {}).get(run["id"], {})
     error = None
     for attempt in range(1, attempts + 1):
@@ -253,8 +264,7 @@ def run_stages(out, run, config, env, attempts=2, log=print):
             with open(log_path, "a") as f:
                 f.write(f"\n=== {_now()} {stage} attempt {attempt}: {' '.join(map(shlex.quote, argv))}\n")
                 f.flush()
-                rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env,
-                                    cwd=config.get("cwd") or REPO_ROOT).returncode
+                rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
                 f.write(f"=== {_now()} {stage} exit status {rc} after {time.monotonic() - started:.1f} s\n")
             if rc != 0 or not stage_done(run_dir, stage):
                 error = {"stage": stage, "exit_status": rc, "attempt": attempt,
@@ -262,11 +272,11 @@ def run_stages(out, run, config, env, attempts=2, log=print):
                 log(f"[grid] {run['id']}: {stage} failed (exit status {rc}): {error['message']}")
                 break
         if error is None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(run_dir, "failed.json"))
             update_run(out, run, status="done", error=None, finished=_now())
             return "done"
-    write_json(os.path.join(run_dir, "failed.json"), dict(error, attempts=attempts, log="grid.log"))
+    if os.path.isdir(run_dir):
+        write_json(os.path.join(run_dir, "failed.json"),
+                   dict(error, attempts=attempts, log=os.path.abspath(log_path)))
     update_run(out, run, status="failed", error=error, finished=_now())
     return "failed"
 
@@ -301,7 +311,7 @@ def prepare(out, plan, config, retry_failed=False):
                            f"iterations, the grid asks for {config['iters']} (use another --out)")
     todo = []
     with locked_state(out) as state:
-        state["config"] = {k: v for k, v in config.items() if k != "cwd"}
+        state["config"] = dict(config)
         state["plan"] = [run["id"] for run in plan]
         for run in plan:
             entry = state["runs"].setdefault(run["id"], {"attempts": 0})
@@ -340,7 +350,7 @@ def make_report(out, plan, log=print):
     with open(os.path.join(out, "report.log"), "a") as f:
         f.write(f"\n=== {_now()} {' '.join(map(shlex.quote, argv))}\n")
         f.flush()
-        rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, cwd=REPO_ROOT).returncode
+        rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=thread_env(usable_cores())).returncode
     with locked_state(out) as state:
         state["report"] = {"status": "done" if rc == 0 else "failed", "exit_status": rc,
                            "path": os.path.join("report", "index.html"), "log": "report.log",
@@ -361,8 +371,8 @@ def usable_cores():
 
 def run_local(out, plan, config, jobs, retry_failed=False, log=print):
     """Run the grid here with ``jobs`` workers; returns {"done": n, "failed": m, ...}."""
+    check_output_dir(out, count_unfinished(out, plan))
     todo = prepare(out, plan, config, retry_failed)
-    check_output_dir(out, len(todo))
     threads = max(1, usable_cores() // max(1, jobs))
     env = thread_env(threads)
     log(f"[grid] {len(plan)} runs, {len(plan) - len(todo)} already finished or failed, "
@@ -389,7 +399,7 @@ def slurm_scripts(out, todo_file, n_tasks, config, jobs, cpus_per_task=1, partit
     out = os.path.abspath(out)
     logs = os.path.join(out, "slurm", "logs")
     py = shlex.quote(sys.executable)
-    common = [f"#SBATCH --chdir={shlex.quote(REPO_ROOT)}"]
+    common = [f"#SBATCH --chdir={os.getcwd()}"]
     if partition:
         common.append(f"#SBATCH --partition={partition}")
     common += [f"#SBATCH {x}" for x in extra]
@@ -427,8 +437,8 @@ def submit_slurm(out, plan, config, jobs, dry_run=False, retry_failed=False, cpu
     if shutil.which("sbatch", path=(env or os.environ).get("PATH")) is None:
         raise CaeError("--executor slurm: sbatch not found on PATH (is this a Slurm login node?); "
                        "use --executor local")
+    check_output_dir(out, count_unfinished(out, plan))
     todo = prepare(out, plan, config, retry_failed)
-    check_output_dir(out, len(todo))
     sdir = os.path.join(os.path.abspath(out), "slurm")
     os.makedirs(os.path.join(sdir, "logs"), exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -21,15 +21,17 @@ from .options import fail, run_guarded
               help="Grid directory: OUT/{net}_d{D}/run{seed}, OUT/grid.json, OUT/report/.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (local) or the Slurm scripts, run nothing.")
 @click.option("--retry-failed", is_flag=True, help="Try again the runs recorded as failed.")
-@click.option("--train-arg", "train_args", multiple=True, metavar="ARG",
-              help="Extra argument passed to every `caffe-cae train` (repeatable).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Setting override passed to every `caffe-cae train --set` (repeatable).")
+@click.option("--data-root", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Passed to `caffe-cae train --data-root` [default: the current directory].")
 @click.option("--cpus-per-task", type=click.IntRange(min=1), default=1, show_default=True,
               help="Slurm: CPUs (and BLAS threads) per array task.")
 @click.option("--partition", default=None, help="Slurm partition.")
 @click.option("--time", "time_limit", default=None, help="Slurm time limit per task, e.g. 12:00:00.")
 @click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
               help="Extra #SBATCH line for both jobs, e.g. --sbatch-arg=--account=abc (repeatable).")
-def cli(nets, dims, runs, iters, mode, executor, jobs, out, dry_run, retry_failed, train_args,
+def cli(nets, dims, runs, iters, mode, executor, jobs, out, dry_run, retry_failed, sets, data_root,
         cpus_per_task, partition, time_limit, sbatch_args):
     """Run train -> extract -> analyze for every (net, D, seed), skipping finished runs, then the report.
 
@@ -42,7 +44,8 @@ def cli(nets, dims, runs, iters, mode, executor, jobs, out, dry_run, retry_faile
     from .. import grid
 
     plan = run_guarded(lambda: grid.expand(grid.parse_nets(nets), grid.parse_dims(dims), runs))
-    config = {"iters": iters, "mode": mode, "train_args": list(train_args)}
+    config = {"iters": iters, "mode": mode, "sets": list(sets),
+              "data_root": os.path.abspath(data_root) if data_root else None}
     if executor == "slurm":
         run_guarded(grid.submit_slurm, out, plan, config, jobs, dry_run=dry_run,
                     retry_failed=retry_failed, cpus_per_task=cpus_per_task, partition=partition,
