@@ -23,8 +23,8 @@ N_TRAIN, N_TEST = 250, 300
 SCHEDULE = ["--set", "solver.display=5", "--set", "solver.test_interval=10", "--set", "solver.snapshot=5"]
 
 
-def run_grid(*args, cwd=None, timeout=1200):
-    env = dict(os.environ)
+def run_grid(*args, cwd=None, timeout=1200, extra_env=None):
+    env = dict(os.environ, **(extra_env or {}))
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "caffe_cae", "grid", *args], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
