@@ -9,10 +9,10 @@
   ``iters`` iterations each; Caffe's own test passes and snapshots are off;
 - ``harness``: {name: seconds}: render the paper's grid (both syntaxes), convert MNIST to
   HDF5 (full set, into the temporary directory), start a 1-iteration training run
-  (engine start, solver set-up, one snapshot), extract 10000 test codes from it (whole
+  (engine start, solver set-up, a test pass of 1 + 100 batches, one snapshot), extract 10000 test codes from it (whole
   command; ``extract_codes_forward`` is the forward passes alone), and, when
-  :mod:`caffe_cae.analyze` defines ``bench(run_dir) -> {name: seconds}``, its entries on
-  that run (prefixed ``analyze_``);
+  :mod:`caffe_cae.analyze` defines ``benchmark()`` (analysis of a synthetic 10000 x 30
+  code), its wall time (its full answer under ``analyze``);
 - ``conditions``: engine, Caffe version, mode, host, threads, date, git commit.
 
 Limits: the numbers are wall-clock times on a machine that may be shared; the medians damp
@@ -67,6 +67,7 @@ def bench(out=None, nets=specs.NETS, mode="cpu", warmup=2, repeats=5, iters=5, h
         raise CaeError("--nets: unknown net %s; expected names from %s" % (", ".join(unknown), ", ".join(specs.NETS)))
     be = backend or get_backend("caffe")
     info = be.info(mode)
+    load_before = list(os.getloadavg())
     work = keep or tempfile.mkdtemp(prefix="caffe-cae-bench-", dir="/tmp")
     os.makedirs(work, exist_ok=True)
     results = {"nets": {}, "harness": {}, "settings": {"warmup": warmup, "repeats": repeats, "iters": iters,
@@ -99,7 +100,8 @@ def bench(out=None, nets=specs.NETS, mode="cpu", warmup=2, repeats=5, iters=5, h
             shutil.rmtree(work, ignore_errors=True)
     results["conditions"] = {"backend": info["backend"], "engine": info["engine"],
                              "caffe_version": info["caffe_version"], "mode": mode, "host": host_info(),
-                             "date": now_iso(), "git": git_info()}
+                             "date": now_iso(), "git": git_info(), "load_before": load_before,
+                             "load_after": list(os.getloadavg())}
     if out:
         folder = os.path.dirname(os.path.abspath(out))
         os.makedirs(folder, exist_ok=True)
@@ -114,11 +116,14 @@ def _harness_run(be, work, mode, results, stream):
     run_dir = os.path.join(work, "run_model3_d10")
     quiet = open(os.devnull, "w")
     try:
+        # the end-of-run test covers 1 training batch (not 600) and the whole test set,
+        # so that extraction below computes the test stage's losses over all 10000 images
         seconds, _ = _timed(train, net="model3", dim=BENCH_DIM, mode=mode, iters=1, seed=1, out=run_dir,
-                            data_root=work, backend=be, stream=quiet, tty=False, handle_signals=False)
+                            overrides={"data.train_size": 100}, data_root=work, backend=be, stream=quiet,
+                            tty=False, handle_signals=False)
         results["harness"]["train_1_iteration_run"] = seconds
-        stream.write("bench: a 1-iteration training run (model3 D=10, engine start, set-up, snapshot): %.2f s\n"
-                     % seconds)
+        stream.write("bench: a 1-iteration training run (model3 D=10: engine start, set-up, 101 test batches, "
+                     "snapshot): %.2f s\n" % seconds)
         seconds, result = _timed(extract, run_dir, "test", backend=be, stream=quiet)
     finally:
         quiet.close()
@@ -126,21 +131,29 @@ def _harness_run(be, work, mode, results, stream):
     results["harness"]["extract_codes_forward"] = result.get("codes_seconds")
     stream.write("bench: extract %d codes (model3 D=10; whole command): %.2f s (forward passes %.2f s)\n"
                  % (result["n"], seconds, result.get("codes_seconds") or 0))
+    _analyze_hook(results, stream)
+
+
+def _analyze_hook(results, stream):
+    """``caffe_cae.analyze.benchmark()`` (10000 x 30 synthetic code) when it exists."""
     try:
         from . import analyze
     except ImportError:
         return
-    hook = getattr(analyze, "bench", None)
-    if callable(hook):
-        try:
-            timings = hook(run_dir) or {}
-        except Exception as exc:  # a failing hook must not lose the measurements made so far
-            stream.write("bench: caffe_cae.analyze.bench(run_dir) failed: %s\n" % exc)
-            results["harness"]["analyze_error"] = str(exc)
-            return
-        for name, seconds in timings.items():
-            results["harness"]["analyze_" + name] = seconds
-            stream.write("bench: analyze %s: %.2f s\n" % (name, seconds))
+    hook = getattr(analyze, "benchmark", None)
+    if not callable(hook):
+        return
+    try:
+        timings = hook() or {}
+    except Exception as exc:  # a failing hook must not lose the measurements made so far
+        stream.write("bench: caffe_cae.analyze.benchmark() failed: %s\n" % exc)
+        results["harness"]["analyze_error"] = str(exc)
+        return
+    results["analyze"] = timings
+    label = "analyze_%sx%s_code" % (timings.get("n"), timings.get("dim"))
+    results["harness"][label] = timings.get("wall_seconds")
+    stream.write("bench: analyze a %s x %s code (all stages): %.2f s\n"
+                 % (timings.get("n"), timings.get("dim"), timings.get("wall_seconds") or 0))
 
 
 def table(results):
@@ -156,7 +169,9 @@ def table(results):
     if harness:
         lines += ["", "| Harness step | seconds |", "|---|---|"]
         lines += ["| %s | %.2f |" % (name, seconds) for name, seconds in harness]
-    lines += ["", "Conditions: %s engine, Caffe %s, %s, %s (%s CPUs), %s." % (
+    load = cond.get("load_before") or [None]
+    lines += ["", "Conditions: %s engine, Caffe %s, %s, %s (%s CPUs), load average %s at the start, %s." % (
         cond.get("engine"), cond.get("caffe_version"), str(cond.get("mode", "")).upper(),
-        (cond.get("host") or {}).get("cpu"), (cond.get("host") or {}).get("cpus"), cond.get("date"))]
+        (cond.get("host") or {}).get("cpu"), (cond.get("host") or {}).get("cpus"),
+        "%.1f" % load[0] if load[0] is not None else "n/a", cond.get("date"))]
     return "\n".join(lines)
