@@ -41,7 +41,7 @@ def cuda_toolkit():
 
 
 def cuda_headers():
-    """include/ dirs of the cuBLAS and cuRAND wheels, downloaded once into the cache."""
+    """Directory with nvidia/{cublas,curand}/include from the wheels, downloaded once into the cache."""
     root = os.path.join(engine.cache_root(), "cuda-headers")
     done = os.path.join(root, ".done")
     if not os.path.isfile(done):
@@ -56,7 +56,7 @@ def cuda_headers():
                 z.extractall(root, [n for n in z.namelist() if "/include/" in n])
         shutil.rmtree(wheels)
         open(done, "w").close()
-    return [os.path.join(root, "nvidia", lib, "include") for lib in ("cublas", "curand")]
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +74,9 @@ def compile_cu(toolchain, source, tmp_path):
     eng, cuda, headers = toolchain
     out = tmp_path / "unpooling_layer.o"
     argv = ["/cuda/bin/nvcc", "-c", "-arch=sm_90", "-Xcudafe", "--diag_suppress=esa_on_defaulted_function_ignored",
-            "-I/opt/caffe/include", "-I/usr/include/hdf5/serial"] + ["-I" + h for h in headers] + \
-        [str(source), "-o", str(out)]
-    proc = subprocess.run(eng.command(argv, cwd=str(tmp_path), ro_binds={cuda: "/cuda"}),
+            "-I/opt/caffe/include", "-I/usr/include/hdf5/serial", "-I/cuda-extra/nvidia/cublas/include",
+            "-I/cuda-extra/nvidia/curand/include", str(source), "-o", str(out)]
+    proc = subprocess.run(eng.command(argv, cwd=str(tmp_path), ro_binds={cuda: "/cuda", headers: "/cuda-extra"}),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=600)
     return proc, out
 
