@@ -64,7 +64,7 @@ SEED = 0
 THRESHOLDS = (10, 20, 30)
 IMAGE_BYTES = 784
 TABLE6_DIGITS = (2, 4, 5, 8)
-TSNE = {"perplexity": 30.0, "max_iter": 400, "angle": 0.8, "init": "pca", "learning_rate": "auto"}
+TSNE_PARAMS = {"perplexity": 30.0, "max_iter": 400, "angle": 0.8, "init": "pca", "learning_rate": "auto"}
 MLP_MAX_ITER = 1000
 REFERENCE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "caffe-cae", "reference_mlp_784.json")
 _ACTIVATIONS = ("Sigmoid", "TanH", "ReLU", "PReLU", "ELU", "AbsVal", "Power")
@@ -415,7 +415,7 @@ def embed_2d(code, seed=SEED, jobs=1, tsne=None):
     if code.shape[1] == 1:
         return np.column_stack([code[:, 0], np.arange(len(code))]), "code (1-D) vs index"
     from sklearn.manifold import TSNE
-    params = dict(TSNE, **(tsne or {}))
+    params = dict(TSNE_PARAMS, **(tsne or {}))
     params["perplexity"] = min(params["perplexity"], max(1.0, (len(code) - 1) / 3.0))
     return TSNE(n_components=2, random_state=seed, n_jobs=jobs, **params).fit_transform(code), "t-SNE"
 
@@ -832,7 +832,7 @@ def analyze_run(run_dir, folds=FOLDS, seed=SEED, jobs=1, test_h5=None, diagram=T
     t0 = time.time()
     add(save_figure(fig_code_map(points, labels, "%s: %d test codes, %s" % (label, len(code), method)),
                     folder, "code_map"))
-    result["code_map"] = {"method": method, "params": dict(TSNE, **(tsne or {})) if method == "t-SNE" else None}
+    result["code_map"] = {"method": method, "params": dict(TSNE_PARAMS, **(tsne or {})) if method == "t-SNE" else None}
     if recon is not None:
         picked = pick_digits(labels, seed=seed)
         add(save_figure(fig_reconstructions(images, recon, picked, labels, "%s: Table 6 digits" % label),
@@ -920,7 +920,7 @@ def benchmark(n=10000, dim=30, jobs=2, seed=SEED, work=None):
                           diagram=bool(files) and shutil.which("dot") is not None, reference_cache=None)
         wall = time.time() - t0
         return {"n": n, "dim": dim, "jobs": jobs, "wall_seconds": round(wall, 2), "stages": out["timings"],
-                "linear_error": out["linear_error"], "mlp_error": out["mlp_error"], "tsne": dict(TSNE)}
+                "linear_error": out["linear_error"], "mlp_error": out["mlp_error"], "tsne": dict(TSNE_PARAMS)}
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
