@@ -155,6 +155,8 @@ def stage_argv(stage, run, run_dir, config):
         if train_started(run_dir):
             argv.append("--resume")
         return argv
+    if stage == "analyze":
+        return base + ["analyze", "--jobs", str(config.get("threads", 1)), run_dir]
     return base + [stage, run_dir]
 
 
@@ -379,6 +381,8 @@ def run_local(out, plan, config, jobs, retry_failed=False, log=print):
         f"{len(todo)} to do with {jobs} workers x {threads} threads")
     lock = threading.Lock()
 
+    config = dict(config, threads=threads)
+
     def work(run):
         def say(msg):
             with lock:
@@ -486,7 +490,7 @@ def slurm_task(out, tasks_file, index):
         update_run(out, run, status="done")
         return "done"
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
-    return run_stages(out, run, spec["config"], thread_env(threads),
+    return run_stages(out, run, dict(spec["config"], threads=threads), thread_env(threads),
                       log=lambda m: print(m, flush=True))
 
 

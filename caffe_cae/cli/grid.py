@@ -55,6 +55,7 @@ def cli(nets, dims, runs, iters, mode, executor, jobs, out, dry_run, retry_faile
         for run in plan:
             run_dir = os.path.join(out, run["dir"])
             todo = [s for s in grid.STAGES if not grid.stage_done(run_dir, s)]
+            config["threads"] = max(1, grid.usable_cores() // jobs)
             click.echo(f"# {run['id']}: " + ("finished" if not todo else "to do: " + " ".join(todo)))
             for stage in todo:
                 click.echo(" ".join(map(shlex.quote, grid.stage_argv(stage, run, run_dir, config))))
