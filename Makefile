@@ -12,7 +12,7 @@ NET    ?= $(if $(filter siamese deep_ae,$(MODEL)),$(MODEL),model$(MODEL))
 CAE := $(VENV)/bin/caffe-cae
 PY  := $(VENV)/bin/python
 
-.PHONY: help setup prototxt schema engine data train test bench clean reproduce-quick reproduce
+.PHONY: help setup prototxt schema engine data train test bench clean reproduce-quick reproduce tables relu
 
 help:
 	@echo "make setup | prototxt | engine | data | train MODEL=3 DIM=30 MODE=cpu | test | bench"
@@ -71,6 +71,17 @@ reproduce-quick: setup engine data prototxt
 	$(CAE) grid --nets all --dims 10,2 --runs 1 --iters $(QUICK_ITERS) --mode $(MODE) \
 	  --jobs $(JOBS) --out runs/quick
 	@echo "The report: $(CURDIR)/runs/quick/report/index.html"
+
+# Tables 1-3 and the Section 5.1 compression figures, from the generated files (D = 2).
+tables: setup
+	@for net in siamese deep_ae model1 model2 model3 model4 model5; do \
+	  $(CAE) inspect generated/legacy/$${net}_d2_train_test.prototxt; echo; done
+
+# Section 5.2: the paper's ReLU failure. Training stops at the first non-finite loss and
+# names the iteration and the first blob that went non-finite.
+relu: data
+	-$(CAE) train --net $(NET) --dim $(DIM) --mode $(MODE) --iters 200 --seed 1 --out runs/relu_$(NET)_d$(DIM) \
+	  --force --set net.activation=relu
 
 test: setup
 	$(PY) -m pytest tests
