@@ -27,7 +27,7 @@ import time
 from . import data as data_lib
 from . import render, specs
 from .errors import CaeError
-from .train import engine_solver_text, git_info, host_info, now_iso, write_json
+from .train import engine_solver_text, git_info, host_info, now_iso, resolve_backend, write_json
 
 BENCH_DIM = 10
 
@@ -56,8 +56,6 @@ def net_solvers(folder, nets, dim, mode):
 def bench(out=None, nets=specs.NETS, mode="cpu", warmup=2, repeats=5, iters=5, harness=True, backend=None,
           stream=None, keep=None):
     """Run the benchmark; see the module docstring. ``keep``: a directory to work in (kept)."""
-    from .backends import get_backend
-
     stream = stream if stream is not None else sys.stderr
     for name, value in (("warmup", warmup), ("repeats", repeats), ("iters", iters)):
         if value < (0 if name == "warmup" else 1):
@@ -65,7 +63,7 @@ def bench(out=None, nets=specs.NETS, mode="cpu", warmup=2, repeats=5, iters=5, h
     unknown = [n for n in nets if n not in specs.NETS]
     if unknown:
         raise CaeError("--nets: unknown net %s; expected names from %s" % (", ".join(unknown), ", ".join(specs.NETS)))
-    be = backend or get_backend("caffe")
+    be = resolve_backend(backend)
     info = be.info(mode)
     load_before = list(os.getloadavg())
     work = keep or tempfile.mkdtemp(prefix="caffe-cae-bench-", dir="/tmp")

@@ -28,7 +28,7 @@ import time
 
 from . import specs
 from .errors import CaeError
-from .train import last_snapshot, read_manifest
+from .train import last_snapshot, read_manifest, resolve_backend
 
 SPLITS = ("test", "train")
 DIGIT = 5
@@ -39,9 +39,8 @@ def codes_name(split):
 
 
 def extract(run_dir, split="test", backend=None, stream=None, blobs=True):
-    """Write codes (and the digit-5 blobs); returns a dict with paths, n, dim, losses, seconds."""
-    from .backends import get_backend
-
+    """Write codes (and the digit-5 blobs); returns a dict with paths, n, dim, losses, seconds.
+    ``backend``: None (the backend of the run's last session), a name or a Backend."""
     stream = stream if stream is not None else sys.stderr
     if split not in SPLITS:
         raise CaeError("--split: expected test or train, got %r" % split)
@@ -84,7 +83,7 @@ def extract(run_dir, split="test", backend=None, stream=None, blobs=True):
                   "caffe_version": (manifest.get("engine") or {}).get("caffe_version") or ""},
         "stderr_log": os.path.join(run_dir, "engine.log"),
     }
-    be = backend or get_backend(manifest.get("backend", "caffe"))
+    be = resolve_backend(backend or manifest.get("backend", "caffe").split("+")[-1])
     be.info(job["mode"])
     t0 = time.time()
     result = {}

@@ -380,9 +380,9 @@ def train(net=None, dim=None, mode=None, iters=None, seed=None, out=None, resume
     ``solver.max_iter``/``solver.random_seed``/``solver.solver_mode``. ``stop_after`` ends
     the session after that iteration as if interrupted (status ``interrupted``).
     ``handle_signals``: turn SIGINT/SIGTERM into a snapshot and a clean end (main thread
-    only). Raises CaeError on bad input and RunFailed when training fails."""
-    from .backends import get_backend
-
+    only). ``backend``: None (caffe; on resume the run's), a name from
+    :data:`caffe_cae.backends.BACKENDS` or a Backend; a run resumed in another backend
+    records ``backend`` as e.g. ``caffe+torch`` and each session's backend. Raises CaeError on bad input and RunFailed when training fails."""
     mode = mode.lower() if mode else None
     if mode not in (None, "cpu", "gpu"):
         raise CaeError("--mode: expected cpu or gpu, got %r" % mode)
@@ -435,7 +435,9 @@ def train(net=None, dim=None, mode=None, iters=None, seed=None, out=None, resume
     if stop_after is not None and stop_after < 1:
         raise CaeError("--stop-after: expected a positive iteration, got %s" % stop_after)
 
-    be = backend or get_backend("caffe")
+    if backend is None and resume and manifest is not None:
+        backend = manifest.get("backend", "caffe").split("+")[-1]
+    be = resolve_backend(backend)
     info = be.info(mode)  # CaeError for --mode gpu without a GPU
     if hasattr(be, "check_visible"):
         be.check_visible([run_dir] + [data[split]["list"] for split in data], data_root)
@@ -480,6 +482,15 @@ def _new_manifest(net, dim, seed, mode, s, given, full, data, data_root, info, r
     return manifest
 
 
+def resolve_backend(backend):
+    """A Backend from None (caffe), a name or a Backend."""
+    from .backends import get_backend
+
+    if backend is None or isinstance(backend, str):
+        return get_backend(backend or "caffe")
+    return backend
+
+
 def _engine_record(info):
     record = {k: info.get(k) for k in ("location", "caffe_version", "unpooling", "python", "recipe")}
     record["kind"] = info.get("engine")
@@ -512,8 +523,11 @@ def _session(be, manifest, run_dir, s, data, data_root, stop_after, stream, tty,
            "snapshot_prefix": snapshot_prefix(run_dir, net, dim), "test_stages": stages,
            "train_period": train_period, "resume": resume, "stop_after": stop_after,
            "stderr_log": os.path.join(run_dir, "engine.log")}
+    info = be.info(manifest["mode"])
     session_info = {"started": now_iso(), "from_iter": start_iter, "status": "running",
-                    "engine": _engine_record(be.info(manifest["mode"]))}
+                    "backend": info["backend"], "engine": _engine_record(info)}
+    used = [x.get("backend", "caffe") for x in manifest["sessions"]] + [info["backend"]]
+    manifest["backend"] = "+".join(sorted(set(used), key=used.index))
     manifest["sessions"].append(session_info)
     manifest["status"] = "running"
     manifest["started"] = manifest["started"] or session_info["started"]

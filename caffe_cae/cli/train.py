@@ -1,6 +1,7 @@
 """``caffe-cae train``: render a net and its solver into a run directory and train it."""
 import click
 
+from ..backends import BACKENDS
 from .options import NETS, fail, run_guarded
 
 EXIT_BY_REASON = {"SIGINT": 130, "SIGTERM": 143}
@@ -33,9 +34,11 @@ def parse_sets(pairs):
               help="Override a setting (see `caffe-cae render --list-settings`), e.g. solver.base_lr=0.01.")
 @click.option("--data-root", type=click.Path(file_okay=False, exists=True), default=None,
               help="Directory Caffe runs in; data.dir (data/hdf5) is relative to it [default: current directory].")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="caffe (the engine) or torch [default: caffe; with --resume: the run's].")
 @click.option("--stop-after", type=click.IntRange(min=1), default=None,
               help="End this session after that iteration as if interrupted (snapshot; continue with --resume).")
-def cli(net, dim, mode, iters, seed, out, resume, force, sets, data_root, stop_after):
+def cli(net, dim, mode, iters, seed, out, resume, force, sets, data_root, stop_after, backend):
     """Train one net in the Caffe engine: progress bar, log.jsonl, snapshots, manifest.json.
 
     Ctrl-C (or SIGTERM) snapshots and exits (status 130/143); --resume continues with the
@@ -48,7 +51,7 @@ def cli(net, dim, mode, iters, seed, out, resume, force, sets, data_root, stop_a
     try:
         manifest = run_guarded(train_lib.train, net=net, dim=dim, mode=mode, iters=iters, seed=seed, out=out,
                                resume=resume, force=force, overrides=overrides, data_root=data_root,
-                               stop_after=stop_after)
+                               stop_after=stop_after, backend=backend)
     except train_lib.RunFailed as exc:
         fail(exc, code=1)
     if manifest.get("status") == "interrupted":
