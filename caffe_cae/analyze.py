@@ -787,30 +787,33 @@ def analyze_run(run_dir, folds=FOLDS, seed=SEED, jobs=1, test_h5=None, diagram=T
         raise CaeError("%s: code has %d columns, manifest says dim %d" % (os.path.join(run_dir, "codes.h5"),
                                                                            code.shape[1], dim))
     _check_folds(labels, folds, os.path.join(run_dir, "codes.h5") + ": label")
+    # every input is read and checked before the slow parts
     images = None
     if recon is not None:
         path = test_h5 or ((manifest.get("data") or {}).get("test") or {}).get("images")
         images = read_test_images(path, len(code), labels)
+    blobs_path = os.path.join(run_dir, "blobs_digit5.h5")
+    blobs = read_blobs(blobs_path) if os.path.exists(blobs_path) else None
+    log_path = os.path.join(run_dir, "log.jsonl")
+    entries = read_log(log_path) if os.path.exists(log_path) else []
+    switches = net_switches(prototxt) if prototxt else None
+
     timings = {}
+    clock = time.time()
     result = {"net": net, "dim": dim, "n": int(len(code)), "folds": folds, "seed": seed,
               "iterations": manifest.get("iterations")}
-    clock = time.time()
-
     say("%s: linear classifier (%d-fold)" % (run_dir, folds))
     linear = classify_cv(code, labels, "linear", folds=folds, seed=seed, jobs=1)
     timings["linear"] = linear["seconds"]
     say("%s: MLP %d-%d-10 (%d-fold)" % (run_dir, dim, mlp_hidden_size(dim), folds))
     mlp = classify_cv(code, labels, "mlp", folds=folds, seed=seed, jobs=jobs)
     timings["mlp"] = mlp["seconds"]
-    result.update(linear_error=linear["error"], mlp_error=mlp["error"],
+    result.update(linear_error=linear["error"], mlp_error=mlp["error"], mlp_size="%d-%d-10" % (dim, mlp["hidden"]),
                   per_class_error={"linear": linear["per_class"], "mlp": mlp["per_class"]},
-                  confusion={"linear": linear["confusion"], "mlp": mlp["confusion"]},
-                  mlp_size="%d-%d-10" % (dim, mlp["hidden"]))
-    t0 = time.time()
+                  confusion={"linear": linear["confusion"], "mlp": mlp["confusion"]})
     result["sparsity"] = sparsity(code)
     result["code_range"] = [float(code.min()), float(code.max())]
-    result["compression"] = compression(dim, net_switches(prototxt) if prototxt else None)
-    timings["sparsity_compression"] = round(time.time() - t0, 3)
+    result["compression"] = compression(dim, switches)
     result["paper"] = paper_row(net, dim)
     reference = raw_pixel_reference(images, labels, cache=reference_cache, folds=folds, seed=seed, compute=False) \
         if images is not None and reference_cache else None
@@ -822,50 +825,47 @@ def analyze_run(run_dir, folds=FOLDS, seed=SEED, jobs=1, test_h5=None, diagram=T
     figures, skipped = [], {}
     label = "%s D=%d" % (net, dim)
 
-    def add(names):
+    def add(stem, make):
+        t0 = time.time()
+        fig = make()
+        names = save_figure(fig, folder, stem) if fig is not None else draw_net(prototxt, folder, stem)
         figures.extend("figures/" + n for n in names if not n.endswith(".dot"))
+        timings["figure_" + stem] = round(time.time() - t0, 3)
 
-    t0 = time.time()
     say("%s: 2-D map of the codes" % run_dir)
+    t0 = time.time()
     points, method = embed_2d(code, seed=seed, jobs=max(jobs, 1), tsne=tsne)
     timings["embedding"] = round(time.time() - t0, 3)
-    t0 = time.time()
-    add(save_figure(fig_code_map(points, labels, "%s: %d test codes, %s" % (label, len(code), method)),
-                    folder, "code_map"))
     result["code_map"] = {"method": method, "params": dict(TSNE_PARAMS, **(tsne or {})) if method == "t-SNE" else None}
+    add("code_map", lambda: fig_code_map(points, labels, "%s: %d test codes, %s" % (label, len(code), method)))
     if recon is not None:
         picked = pick_digits(labels, seed=seed)
-        add(save_figure(fig_reconstructions(images, recon, picked, labels, "%s: Table 6 digits" % label),
-                        folder, "reconstructions"))
-        grid = np.random.default_rng(seed).choice(len(code), size=min(40, len(code)), replace=False)
-        add(save_figure(fig_recon_grid(images, recon, list(grid), "%s: random test digits" % label),
-                        folder, "reconstruction_grid"))
         result["table6_indices"] = picked
+        add("reconstructions", lambda: fig_reconstructions(images, recon, picked, labels, "%s: Table 6 digits" % label))
+        grid = list(np.random.default_rng(seed).choice(len(code), size=min(40, len(code)), replace=False))
+        add("reconstruction_grid", lambda: fig_recon_grid(images, recon, grid, "%s: random test digits" % label))
     else:
         skipped["reconstructions"] = "codes.h5 has no reconstruction (not an auto-encoder)"
-    blobs_path = os.path.join(run_dir, "blobs_digit5.h5")
-    if os.path.exists(blobs_path):
-        steps, params, image, attrs = read_blobs(blobs_path)
-        add(save_figure(fig_blobs(steps, image, "%s: encoding and decoding digit %s (Fig. 11)"
-                                  % (label, attrs.get("label", "5"))), folder, "blobs_digit5"))
+    if blobs is not None:
+        steps, params, image, attrs = blobs
+        add("blobs_digit5", lambda: fig_blobs(steps, image, "%s: encoding and decoding digit %s (Fig. 11)"
+                                              % (label, attrs.get("label", "5"))))
         layer, weights = first_layer(params, steps)
         if layer is not None:
-            add(save_figure(fig_filters(layer, weights, label), folder, "filters"))
+            add("filters", lambda: fig_filters(layer, weights, label))
         else:
             skipped["filters"] = "blobs_digit5.h5 has no params"
     else:
         skipped["blobs_digit5"] = skipped["filters"] = "no blobs_digit5.h5"
-    log_path = os.path.join(run_dir, "log.jsonl")
-    entries = read_log(log_path) if os.path.exists(log_path) else []
     if entries:
-        add(save_figure(fig_learning_curves(entries, "%s: losses" % label), folder, "learning_curves"))
+        add("learning_curves", lambda: fig_learning_curves(entries, "%s: losses" % label))
     else:
         skipped["learning_curves"] = "no losses in log.jsonl"
     if diagram:
-        add(draw_net(prototxt, folder))
+        add("net", lambda: None)
     else:
         skipped["net"] = "--no-diagram"
-    timings["figures"] = round(time.time() - t0, 3)
+    timings["figures"] = round(sum(v for k, v in timings.items() if k.startswith("figure_")), 3)
     timings["total"] = round(time.time() - clock, 3)
     result.update(figures=figures, figures_skipped=skipped, timings=timings,
                   classifier={"linear": "pooled-covariance LDA (MATLAB classify 'linear')",
@@ -887,9 +887,26 @@ def synthetic_codes(n, dim, seed=SEED, spread=1.0, separation=4.0):
     return code.astype(np.float32), labels
 
 
+#: Model 4's forward steps at D=30 (layer, type, top, shape for one image), for the benchmark
+_BENCH_STEPS = [("input", "Input", "data", (1, 1, 28, 28)), ("conv1", "Convolution", "conv1", (1, 26, 24, 24)),
+                ("sig1en", "Sigmoid", "conv1", (1, 26, 24, 24)), ("pool1", "Pooling", "pool1", (1, 26, 12, 12)),
+                ("conv2", "Convolution", "conv2", (1, 36, 8, 8)), ("sig2en", "Sigmoid", "conv2", (1, 36, 8, 8)),
+                ("pool2", "Pooling", "pool2", (1, 36, 4, 4)), ("ip1encode", "InnerProduct", "ip1encode", (1, 250)),
+                ("sig3en", "Sigmoid", "ip1encode", (1, 250)), ("ip2encode", "InnerProduct", "ip2encode", (1, 30)),
+                ("ip1decode", "InnerProduct", "ip1decode", (1, 250)), ("sig3de", "Sigmoid", "ip1decode", (1, 250)),
+                ("reshape", "Reshape", "ip1decodesh", (1, 250, 1, 1)),
+                ("deconv2", "Deconvolution", "deconv2", (1, 36, 4, 4)), ("sig2de", "Sigmoid", "deconv2", (1, 36, 4, 4)),
+                ("unpool2", "Unpooling", "unpool2", (1, 36, 8, 8)), ("deconv1", "Deconvolution", "deconv1", (1, 26, 12, 12)),
+                ("sig1de", "Sigmoid", "deconv1", (1, 26, 12, 12)), ("unpool1", "Unpooling", "unpool1", (1, 26, 24, 24)),
+                ("deconv1neur", "Deconvolution", "deconv1neur", (1, 1, 28, 28)),
+                ("deconv1neursig", "Sigmoid", "deconv1neursig", (1, 1, 28, 28))]
+
+
 def benchmark(n=10000, dim=30, jobs=2, seed=SEED, work=None):
-    """Seconds per stage of ``analyze_run`` on a synthetic run (n x dim Gaussian-cluster
-    code, reconstructions, a Model 4 net when generated/ has one); for ``caffe-cae bench``."""
+    """Seconds per stage of ``analyze_run`` on a synthetic Model 4 run: an n x dim code of
+    overlapping Gaussian clusters (errors of a few %, so the MLP works as on a real code),
+    reconstructions, Fig. 11 blobs, a log and the generated Model 4 prototxt (when
+    generated/ has it). For ``caffe-cae bench``; returns a dict with the stage timings."""
     import h5py
     from . import REPO_ROOT
 
@@ -898,7 +915,7 @@ def benchmark(n=10000, dim=30, jobs=2, seed=SEED, work=None):
     try:
         run = os.path.join(work, "run")
         os.makedirs(run, exist_ok=True)
-        code, labels = synthetic_codes(n, dim, seed=seed, spread=1.0, separation=1.2)
+        code, labels = synthetic_codes(n, dim, seed=seed, spread=1.0, separation=0.6)
         rng = np.random.default_rng(seed)
         images = rng.random((n, 1, 28, 28), dtype=np.float32)
         with h5py.File(os.path.join(work, "test.h5"), "w") as f:
@@ -908,19 +925,31 @@ def benchmark(n=10000, dim=30, jobs=2, seed=SEED, work=None):
             f["code"] = code
             f["label"] = labels.astype(np.float32)
             f["reconstruction"] = images[:, 0] * 0.9
+        with h5py.File(os.path.join(run, "blobs_digit5.h5"), "w") as f:
+            for i, (layer, kind, top, shape) in enumerate(_BENCH_STEPS):
+                ds = f.create_dataset("blobs/%02d_%s" % (i, layer), data=rng.random(shape, dtype=np.float32))
+                ds.attrs["blob"], ds.attrs["layer"], ds.attrs["layer_type"] = top, layer, kind
+            f["params/conv1/0"] = rng.normal(size=(26, 1, 5, 5)).astype(np.float32)
+            f["input"] = images[:1]
+        with open(os.path.join(run, "log.jsonl"), "w", encoding="utf-8") as f:
+            for it in range(100, 50001, 100):
+                f.write(json.dumps({"iter": it, "phase": "train", "loss": {"cross_entropy": 60 + 1e4 / it,
+                                                                           "euclidean": 2 + 1e3 / it}}) + "\n")
         proto = os.path.join(REPO_ROOT, "generated", "modern", "model4_d%d_train_test.prototxt" % dim)
         files = {}
         if os.path.exists(proto):
             shutil.copy(proto, os.path.join(run, os.path.basename(proto)))
             files["train_test"] = os.path.basename(proto)
-        write_json(os.path.join(run, "manifest.json"), {"net": "model4", "dim": dim, "seed": seed, "iterations": 0,
+        write_json(os.path.join(run, "manifest.json"), {"net": "model4", "dim": dim, "seed": seed, "iterations": 50000,
                                                         "files": files})
         t0 = time.time()
         out = analyze_run(run, jobs=jobs, seed=seed, test_h5=os.path.join(work, "test.h5"),
                           diagram=bool(files) and shutil.which("dot") is not None, reference_cache=None)
         wall = time.time() - t0
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         return {"n": n, "dim": dim, "jobs": jobs, "wall_seconds": round(wall, 2), "stages": out["timings"],
-                "linear_error": out["linear_error"], "mlp_error": out["mlp_error"], "tsne": dict(TSNE_PARAMS)}
+                "linear_error": out["linear_error"], "mlp_error": out["mlp_error"], "tsne": dict(TSNE_PARAMS),
+                "load_average_1min": load}
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
