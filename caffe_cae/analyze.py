@@ -424,9 +424,10 @@ def fig_code_map(points, labels, title):
     fig = _figure(6.5, 6)
     ax = fig.add_subplot(1, 1, 1)
     colours = _tab10()
+    size = float(np.clip(2e4 / max(len(points), 1), 1.5, 12.0))
     for k in np.unique(labels):
         mine = labels == k
-        ax.scatter(points[mine, 0], points[mine, 1], s=2, color=colours[int(k) % 10], label=str(k),
+        ax.scatter(points[mine, 0], points[mine, 1], s=size, color=colours[int(k) % 10], label=str(k),
                    rasterized=True, linewidths=0)
     ax.legend(markerscale=5, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.set_title(title, fontsize=10)
@@ -548,8 +549,8 @@ def fig_blobs(steps, image=None, title=""):
         ax = fig.add_subplot(rows, columns, i + 1)
         data = np.asarray(step["data"], dtype=np.float64)
         _, spatial = blob_size(data.shape)
-        if spatial:
-            maps = data.reshape(data.shape[1], data.shape[2], -1)
+        if spatial or data.size == 784:     # a flat 784-vector (deep AE) is an image too
+            maps = data.reshape(data.shape[1], data.shape[2], -1) if spatial else data.reshape(1, 28, 28)
             lo, hi = float(maps.min()), float(maps.max())
             ax.imshow(np.ma.masked_invalid(_mosaic(maps, int(math.ceil(math.sqrt(len(maps)))))),
                       cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
@@ -559,6 +560,7 @@ def fig_blobs(steps, image=None, title=""):
             values = data.ravel()
             ax.bar(np.arange(1, len(values) + 1), values, width=1.0, color="tab:blue", linewidth=0)
             ax.set_xlim(0.5, len(values) + 0.5)
+            ax.xaxis.get_major_locator().set_params(integer=True)
             ax.tick_params(labelsize=6)
         ax.set_title(panel_title(step), fontsize=7)
     if title:

@@ -167,6 +167,20 @@ def test_net_diagram_has_every_layer_and_renders(tmp_path, syntax):
     assert "<svg" in (tmp_path / "net.svg").read_text()
 
 
+@pytest.mark.parametrize("net", ["siamese", "deep_ae", "model1", "model2", "model4", "model5"])
+def test_net_diagram_of_every_net_has_each_train_layer_once(net):
+    from caffe_cae.proto import caffe_cae_pb2 as pb
+    for syntax in ("modern", "legacy"):
+        parsed = parse_net(generated(syntax, net, 10))
+        layers = list(parsed.layer) or list(parsed.layers)
+        train = [layer for layer in layers if not len(layer.include) or any(r.phase == pb.TRAIN for r in layer.include)]
+        assert len(train) < len(layers)             # the TEST-stage data layers are left out
+        text = lib.net_dot(parsed)
+        assert text.count("shape=box") == len(train), syntax
+        for layer in train:
+            assert 'label="%s\\n' % layer.name in text, (syntax, layer.name)
+
+
 def test_blob_titles_follow_fig11():
     step = {"blob": "conv1", "layer": "sig1en", "data": np.linspace(0.1, 0.9, 26 * 24 * 24).reshape(1, 26, 24, 24)}
     assert lib.panel_title(step) == "conv1|sig1en 24x24x26 [0.1..0.9]"
