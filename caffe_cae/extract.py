@@ -21,6 +21,7 @@ the split's images and writes, atomically:
 Limits: a run that is not finished is extracted from its last snapshot (``run_status`` and
 ``iteration`` say so). The images are read from the paths recorded in the run's manifest.
 """
+import glob
 import math
 import os
 import sys
@@ -88,11 +89,17 @@ def extract(run_dir, split="test", backend=None, stream=None, blobs=True):
     t0 = time.time()
     result = {}
     session = be.extract(job, manifest.get("data_root") or os.getcwd())
-    for event in session.events():
-        if event["event"] == "result":
-            result = event
-        elif event["event"] == "end" and event.get("status") != "finished":
-            raise CaeError("%s: extraction failed: %s" % (run_dir, event.get("message")))
+    try:
+        for event in session.events():
+            if event["event"] == "result":
+                result = event
+            elif event["event"] == "end" and event.get("status") != "finished":
+                raise CaeError("%s: extraction failed: %s" % (run_dir, event.get("message")))
+    except BaseException:
+        for path in (out, job["blobs_out"]):  # temporary files of a worker that was stopped
+            for name in glob.glob(glob.escape(path or "") + ".tmp-*") if path else ():
+                os.unlink(name)
+        raise
     result.pop("event", None)
     result.update(codes=out, blobs=job["blobs_out"], seconds=round(time.time() - t0, 3), iteration=snap["iter"])
     return result

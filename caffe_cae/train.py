@@ -394,6 +394,8 @@ def train(net=None, dim=None, mode=None, iters=None, seed=None, out=None, resume
         out = default_run_dir(net, dim, seed if seed is not None else 1)
     run_dir = os.path.abspath(out)
     manifest = read_manifest(run_dir) if os.path.isdir(run_dir) else None
+    if resume and manifest is None:
+        raise CaeError("%s: no run to resume (no %s); start it without --resume" % (run_dir, MANIFEST))
     if resume and manifest is not None:
         _same("net", net, manifest["net"])
         _same("dim", dim, manifest["dim"])
@@ -548,8 +550,11 @@ def _session(be, manifest, run_dir, s, data, data_root, stop_after, stream, tty,
 
     old = {}
     if handle_signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, on_signal)
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread: signals stay with the caller
+            pass
     end = {"status": "failed", "message": "no end event"}
     it = start_iter
     try:

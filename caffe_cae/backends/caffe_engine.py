@@ -78,6 +78,9 @@ class WorkerSession(Session):
                 if event.get("event") == "end":
                     ended = True
                 yield event
+        except BaseException:  # Ctrl-C or the caller stopped listening: the worker goes too
+            self.kill()
+            raise
         finally:
             try:
                 self.proc.stdin.close()

@@ -408,20 +408,23 @@ def write_blobs(net, job, np):
 
 
 def bench(job):
-    """ms per SGD iteration for each solver. Job keys: mode, nets [{name, solver}], warmup,
-    repeats, iters (per repeat). Emits one ``result`` per net."""
+    """ms per SGD iteration for each solver (wall clock, and CPU time of this process, all its
+    threads). Job keys: mode, nets [{name, solver}], warmup, repeats, iters (per repeat).
+    Emits one ``result`` per net."""
     caffe = _caffe(job["mode"])
     for entry in job["nets"]:
         solver = caffe.get_solver(str(entry["solver"]))
         started = time.time()
         solver.step(job["warmup"])
-        times = []
+        times, cpu = [], []
         for _ in range(job["repeats"]):
-            t = time.time()
+            t, c = time.time(), time.process_time()
             solver.step(job["iters"])
             times.append((time.time() - t) * 1000.0 / job["iters"])
+            cpu.append((time.process_time() - c) * 1000.0 / job["iters"])
         times.sort()
-        emit("result", net=entry["name"], ms=times[len(times) // 2], ms_all=times,
+        cpu.sort()
+        emit("result", net=entry["name"], ms=times[len(times) // 2], ms_all=times, cpu_ms=cpu[len(cpu) // 2],
              seconds=time.time() - started)
         del solver
     emit("end", status="finished")

@@ -2,7 +2,7 @@
 import click
 
 from ..backends import BACKENDS
-from .options import run_guarded
+from .options import fail, run_guarded
 
 
 @click.command("bench")
@@ -22,7 +22,10 @@ def cli(out, mode, nets, warmup, repeats, iters, no_harness, backend):
     from .. import specs
 
     chosen = specs.NETS if nets.strip() == "all" else tuple(n.strip() for n in nets.split(",") if n.strip())
-    results = run_guarded(bench_lib.bench, out=out, nets=chosen, mode=mode, warmup=warmup, repeats=repeats,
-                          iters=iters, harness=not no_harness, backend=backend)
+    try:
+        results = run_guarded(bench_lib.bench, out=out, nets=chosen, mode=mode, warmup=warmup, repeats=repeats,
+                              iters=iters, harness=not no_harness, backend=backend)
+    except KeyboardInterrupt:
+        fail("bench interrupted; %s not written" % out, code=130)
     click.echo(bench_lib.table(results))
     click.echo("written: %s" % out)

@@ -2,7 +2,7 @@
 import click
 
 from ..backends import BACKENDS
-from .options import run_guarded
+from .options import fail, run_guarded
 
 
 @click.command("extract")
@@ -16,7 +16,10 @@ def cli(run_dir, split, no_blobs, backend):
     """Run the deploy net with the run's final weights over a split; write codes.h5 and blobs_digit5.h5."""
     from .. import extract as extract_lib
 
-    result = run_guarded(extract_lib.extract, run_dir, split=split, blobs=not no_blobs, backend=backend)
+    try:
+        result = run_guarded(extract_lib.extract, run_dir, split=split, blobs=not no_blobs, backend=backend)
+    except KeyboardInterrupt:
+        fail("%s: extraction interrupted; nothing written" % run_dir, code=130)
     losses = " ".join("%s=%.6g" % kv for kv in sorted(result.get("losses", {}).items()))
     click.echo("%s: %d x %d codes (iteration %d) %s in %.1f s" % (
         result["codes"], result["n"], result["dim"], result["iteration"], losses, result["seconds"]))

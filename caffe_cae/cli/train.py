@@ -54,5 +54,7 @@ def cli(net, dim, mode, iters, seed, out, resume, force, sets, data_root, stop_a
                                stop_after=stop_after, backend=backend)
     except train_lib.RunFailed as exc:
         fail(exc, code=1)
+    except KeyboardInterrupt:  # before or after the training session itself
+        fail("interrupted", code=130)
     if manifest.get("status") == "interrupted":
         raise SystemExit(EXIT_BY_REASON.get(manifest.get("interrupted_by"), 0))
