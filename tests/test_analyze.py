@@ -342,3 +342,11 @@ def test_real_short_run_is_analysed(tmp_path):
     assert [s["blob"] for s in steps][:3] == ["data", "conv1", "conv1"] and "conv1" in params
     for rel in out["figures"]:
         assert os.path.getsize(os.path.join(run, rel)) > 2000, rel
+
+
+def test_benchmark_entry_runs_on_a_small_code():
+    """The `caffe-cae bench` entry (timings only; the 10000 x 30 figure is a benchmark, not a test)."""
+    out = lib.benchmark(n=500, dim=2, jobs=1)
+    assert out["n"] == 500 and out["dim"] == 2 and out["wall_seconds"] > 0
+    assert {"linear", "mlp", "embedding", "figures", "total"} <= set(out["stages"])
+    assert out["code"].startswith("PCA-2") and 0 <= out["linear_error"] < 80
