@@ -67,7 +67,8 @@ def write_solver(work, key, net, **changes):
     sp.net = gen("%s_d2_train_test.prototxt" % net)
     sp.max_iter = ITERS
     sp.display = 0
-    sp.test_interval = 0
+    sp.test_interval = 1000000
+    sp.test_initialization = False
     sp.snapshot = 0
     sp.random_seed = 1
     sp.snapshot_prefix = os.path.join(work, "snap", key, "caffe")
@@ -90,10 +91,12 @@ def run_caffe(eng, work, tasks, name):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """Caffe's half, run once: init weights, first-batch forward/backward, 100 SGD iterations."""
     need_torch()
-    eng = require_engine()
-    work = str(tmp_path_factory.mktemp("torch_eq"))
+    return caffe_setup(require_engine(), str(tmp_path_factory.mktemp("torch_eq")))
+
+
+def caffe_setup(eng, work):
+    """Caffe's half, run once: init weights, first-batch forward/backward, 100 SGD iterations."""
     write_tiny(os.path.join(work, "data", "hdf5"), n=250, n_test=150)
     cases = {}
     tasks = []
