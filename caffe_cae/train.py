@@ -317,6 +317,14 @@ class Progress:
             self.width = len(text)
             self.stream.flush()
 
+    def status(self, text):
+        """A passing state (e.g. a test pass) shown in place of the bar on a terminal."""
+        if self.tty:
+            line = "%s %s" % (self.label, text)
+            self.stream.write("\r" + line.ljust(self.width))
+            self.width = max(self.width, len(line))
+            self.stream.flush()
+
     def record(self, record):
         if self.tty:
             if record["phase"] != "train":
@@ -565,6 +573,8 @@ def _session(be, manifest, run_dir, s, data, data_root, stop_after, stream, tty,
                     if kind == "progress":
                         it = event["iter"]
                         progress.update(it, event.get("loss", {}))
+                    elif kind == "testing":
+                        progress.status("testing: %s (%d batches)" % (event["stage"], event["batches"]))
                     elif kind == "log":
                         log.write(json.dumps(event, sort_keys=True) + "\n")
                         log.flush()

@@ -12,7 +12,7 @@ backend (issue 8) are two choices behind the same calls. A backend is made by
 A job is a JSON-serialisable dict written by :mod:`caffe_cae.train`, :mod:`caffe_cae.extract`
 or :mod:`caffe_cae.bench`; ``cwd`` is the directory the net's relative data paths are
 resolved against (the one that holds ``data/hdf5``). Events are dicts with an ``event`` key:
-``start``, ``progress``, ``log`` (one log.jsonl record), ``snapshot``, ``nonfinite``,
+``start``, ``progress``, ``testing``, ``log`` (one log.jsonl record), ``snapshot``, ``nonfinite``,
 ``result``, ``end`` (always last, with ``status``). ``Session.stop()`` asks the work to
 snapshot and end early (it still ends with an ``end`` event).
 

@@ -153,6 +153,7 @@ def run_tests(solver, job, np):
     """Each test stage over its batches; returns [(stage name, {key: mean})]."""
     out = []
     for net_index, stage in enumerate(job["test_stages"]):
+        emit("testing", iter=solver.iter, stage=stage["name"], batches=stage["iter"])
         tnet = solver.test_nets[net_index]
         solver.share_weights(tnet)
         sums = {}
