@@ -32,12 +32,13 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from . import REPO_ROOT
 from .errors import CaeError
@@ -240,11 +241,47 @@ def thread_env(threads):
     return env
 
 
-def run_stages(out, run, config, env, attempts=2, log=print):
+#: Exit statuses of a stage stopped on purpose (SIGINT/SIGTERM): not a failure, not retried.
+INTERRUPTED = (130, 143, -signal.SIGINT, -signal.SIGTERM)
+
+
+class Stopper:
+    """Shared by the workers of one grid: once stopped, no stage starts and running ones get SIGTERM."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self._procs = set()
+        self._lock = threading.Lock()
+
+    def run(self, argv, **kwargs):
+        """Run argv to its end (None if the grid is stopping); returns the exit status."""
+        with self._lock:
+            if self.event.is_set():
+                return None
+            proc = subprocess.Popen(argv, **kwargs)
+            self._procs.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
+
+    def stop(self, *_args):
+        self.event.set()
+        with self._lock:
+            for proc in self._procs:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+
+
+def run_stages(out, run, config, env, attempts=2, log=print, stopper=None):
     """Bring one run to completion: its missing stages, tried up to ``attempts`` times.
 
-    Returns "done" or "failed"; the state file and ``RUN_DIR/failed.json`` record it.
+    Returns "done", "failed" or "interrupted" (a stage ended by SIGINT/SIGTERM, or the grid
+    is stopping: left for the next grid to continue); the state file and, for a failure,
+    ``RUN_DIR/failed.json`` record it.
     """
+    stopper = stopper or Stopper()
     run_dir = os.path.join(out, run["dir"])
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     log_path = os.path.join(out, "logs", run["id"] + ".log")
@@ -266,8 +303,12 @@ def run_stages(out, run, config, env, attempts=2, log=print):
             with open(log_path, "a") as f:
                 f.write(f"\n=== {_now()} {stage} attempt {attempt}: {' '.join(map(shlex.quote, argv))}\n")
                 f.flush()
-                rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+                rc = stopper.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env)
                 f.write(f"=== {_now()} {stage} exit status {rc} after {time.monotonic() - started:.1f} s\n")
+            if rc is None or rc in INTERRUPTED or stopper.event.is_set():
+                log(f"[grid] {run['id']}: {stage} interrupted; the next grid continues it")
+                update_run(out, run, status="interrupted", error=None)
+                return "interrupted"
             if rc != 0 or not stage_done(run_dir, stage):
                 error = {"stage": stage, "exit_status": rc, "attempt": attempt,
                          "message": _last_error_line(log_path)}
@@ -382,15 +423,34 @@ def run_local(out, plan, config, jobs, retry_failed=False, log=print):
     lock = threading.Lock()
 
     config = dict(config, threads=threads)
+    stopper = Stopper()
 
     def work(run):
         def say(msg):
             with lock:
                 log(msg)
-        return run_stages(out, run, config, env, log=say)
+        return run_stages(out, run, config, env, log=say, stopper=stopper)
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        list(pool.map(work, todo))
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stopper.stop) if in_main else None
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = [pool.submit(work, run) for run in todo]
+            while True:
+                try:
+                    if not wait(futures, timeout=1.0).not_done:
+                        break
+                except KeyboardInterrupt:
+                    stopper.stop()
+            for fut in futures:
+                fut.result()
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+    counts = summary(out, plan)
+    if stopper.event.is_set():
+        log("[grid] interrupted: run the same command again to finish what is missing")
+        return dict(counts, interrupted=True)
     make_report(out, plan, log=log)
     return summary(out, plan)
 
@@ -507,10 +567,11 @@ def slurm_report(out):
             if run_complete(os.path.join(out, run["dir"])):
                 entry["status"] = "done"
             elif entry.get("status") in ("pending", "running"):
-                # The task died without recording an outcome (killed, time limit, node lost).
-                entry["status"] = "failed"
+                # The task ended without recording an outcome (cancelled, time limit, node lost):
+                # not a failure of the run; submitting the grid again continues it.
+                entry["status"] = "interrupted"
                 entry["error"] = {"stage": "unknown", "message": "the Slurm task ended without "
-                                  "finishing the run (killed, time limit or node failure?)"}
+                                  "finishing the run (cancelled, time limit or node failure?)"}
     rc = make_report(out, plan, log=lambda m: print(m, flush=True))
     counts = summary(out, plan)
     print(f"[grid] {counts}", flush=True)

@@ -293,3 +293,35 @@ def test_run_failing_twice_is_recorded_and_reported(tiny_root):
     # a re-run keeps it as failed (it failed twice) and does not train it again
     again = run_grid(*args, cwd=tiny_root)
     assert again.returncode == 1 and "train (attempt" not in again.stderr
+
+
+def test_sigterm_stops_the_grid_cleanly_for_the_next_one(tiny_root):
+    """SIGTERM to the grid: the running train snapshots and stops, nothing is retried, the
+    run is left 'interrupted' (not failed) for the next grid, and the grid exits 130."""
+    out = os.path.join(tiny_root, "sigterm")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen([sys.executable, "-m", "caffe_cae", "grid", "--nets", "model1", "--dims", "2",
+                             "--runs", "1", "--iters", "200", "--out", out, *SCHEDULE], cwd=tiny_root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                            start_new_session=True)
+    try:
+        run_dir = os.path.join(out, "model1_d2", "run1")
+        _wait_for_snapshot(run_dir, proc, 5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "attempt 2" not in err
+    entry = grid.read_json(os.path.join(out, "grid.json"))["runs"]["model1_d2_run1"]
+    assert entry["status"] == "interrupted" and entry["attempts"] == 1
+    manifest = grid.read_json(os.path.join(run_dir, "manifest.json"))
+    assert manifest["status"] == "interrupted" and 0 < manifest["iterations"] < 200
+    assert not os.path.exists(os.path.join(out, "report"))
+    assert not os.path.exists(os.path.join(run_dir, "failed.json"))
+    dry = run_grid("--dry-run", "--nets", "model1", "--dims", "2", "--runs", "1", "--iters", "200",
+                   "--out", out, *SCHEDULE, cwd=tiny_root)
+    assert " train --net model1 " in dry.stdout and dry.stdout.count(" --resume") == 1

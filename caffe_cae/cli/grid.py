@@ -63,6 +63,10 @@ def cli(nets, dims, runs, iters, mode, executor, jobs, out, dry_run, retry_faile
         return
     counts = run_guarded(grid.run_local, out, plan, config, jobs, retry_failed=retry_failed,
                          log=lambda m: click.echo(m, err=True))
+    if counts.get("interrupted"):
+        click.echo(f"grid: interrupted ({counts.get('done', 0)} of {len(plan)} runs done); "
+                   "the same command continues it", err=True)
+        raise SystemExit(130)
     state = grid.read_json(os.path.join(out, grid.STATE_FILE)) or {}
     report = state.get("report", {})
     click.echo(f"grid: {counts.get('done', 0)} done, {counts.get('failed', 0)} failed of {len(plan)} runs; "
