@@ -444,6 +444,26 @@ def _build_into(tmp, gpu, log, contents):
     return seconds
 
 
+def prune(keep, log=sys.stderr):
+    """Remove the cached engines other than ``keep`` (a path); returns the removed paths.
+
+    Takes the build lock, so it never removes a build under way; a command running in a
+    removed engine at that moment loses its files."""
+    parent = os.path.dirname(os.path.abspath(keep))
+    removed = []
+    if not os.path.isdir(parent):
+        return removed
+    with open(os.path.join(parent, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name in sorted(os.listdir(parent)):
+            path = os.path.join(parent, name)
+            if path != os.path.abspath(keep) and os.path.isfile(os.path.join(path, "engine.json")):
+                print("[engine] removing old engine %s" % path, file=log, flush=True)
+                shutil.rmtree(path)
+                removed.append(path)
+    return removed
+
+
 def find_rootfs(gpu=False):
     """The cached root file system engine for the current recipe, or None."""
     path = engine_dir(gpu)

@@ -164,3 +164,14 @@ def test_dockerfiles_use_the_one_recipe():
     assert read(os.path.join(REPO_ROOT, "docker", "Dockerfile.cpu")).count("FROM debian:bullseye") == 1
     gpu = read(os.path.join(REPO_ROOT, "docker", "Dockerfile.gpu"))
     assert "FROM nvidia/cuda:11.8" in gpu and "--gpu" in gpu and "90" in gpu
+
+
+def test_prune_keeps_only_the_given_engine(tmp_path):
+    parent = tmp_path / "engine"
+    for name in ("aaaa", "bbbb", ".tmp-cccc-1"):
+        (parent / name).mkdir(parents=True)
+    (parent / "aaaa" / "engine.json").write_text("{}")
+    (parent / "bbbb" / "engine.json").write_text("{}")
+    removed = engine.prune(str(parent / "bbbb"), log=open(os.devnull, "w"))
+    assert removed == [str(parent / "aaaa")]
+    assert sorted(p.name for p in parent.iterdir()) == [".lock", ".tmp-cccc-1", "bbbb"]

@@ -19,12 +19,15 @@ def cli():
 @cli.command("build")
 @click.option("--gpu", is_flag=True, help="The GPU recipe (docker/Dockerfile.gpu; needs Docker and a GPU base image).")
 @click.option("--force", is_flag=True, help="Rebuild the rootfs engine even if it is cached.")
-def build(gpu, force):
+@click.option("--prune", is_flag=True, help="Then remove cached engines of older recipes.")
+def build(gpu, force, prune):
     """Build (or reuse) the Debian bullseye root file system engine in the cache."""
     from .. import engine
 
     eng = run_guarded(engine.build_rootfs, gpu=gpu, force=force)
     click.echo("rootfs engine: %s" % eng.location)
+    if prune:
+        engine.prune(eng.location)
 
 
 @cli.command("status")
