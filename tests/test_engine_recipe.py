@@ -175,3 +175,23 @@ def test_prune_keeps_only_the_given_engine(tmp_path):
     removed = engine.prune(str(parent / "bbbb"), log=open(os.devnull, "w"))
     assert removed == [str(parent / "aaaa")]
     assert sorted(p.name for p in parent.iterdir()) == [".lock", ".tmp-cccc-1", "bbbb"]
+
+
+def _cli(*args, env=None):
+    full = dict(os.environ, PYTHONPATH=REPO_ROOT, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "caffe_cae"] + list(args), env=full, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True)
+
+
+def test_unavailable_kinds_say_what_to_do():
+    proc = _cli("engine", "exec", "--", "true", env={"CAFFE_CAE_ENGINE": "host",
+                                                     "CAFFE_CAE_HOST_PYTHON": "no-such-python"})
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["caffe-cae: error: CAFFE_CAE_ENGINE=host: no-such-python has no pycaffe "
+                                        "with an Unpooling layer; use CAFFE_CAE_ENGINE=rootfs (make engine) or docker"]
+    proc = _cli("engine", "build", "--gpu")
+    assert proc.returncode == 2 and "docker/Dockerfile.gpu" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    if not engine.DockerEngine.daemon_running():
+        proc = _cli("engine", "status", env={"CAFFE_CAE_ENGINE": "docker"})
+        assert proc.returncode == 2
+        assert "no running Docker daemon" in proc.stderr and len(proc.stderr.splitlines()) == 1
