@@ -290,10 +290,10 @@ class RootfsEngine(Engine):
         """As Engine.command; ``ro_binds`` {host path: top-level path inside} adds read-only
         binds (e.g. a host CUDA toolkit at /cuda for compile checks)."""
         cwd = os.path.abspath(cwd or os.getcwd())
-        for top in ("/usr", "/etc", "/opt", "/var", "/bin", "/lib", "/sbin"):
-            if cwd == top or cwd.startswith(top + "/"):
-                raise CaeError("%s: cannot be the working directory in the rootfs engine "
-                               "(it shadows the engine's %s)" % (cwd, top))
+        for top in ("/usr", "/etc", "/opt", "/var", "/bin", "/lib", "/sbin", "/proc", "/dev"):
+            if cwd == "/" or cwd == top or cwd.startswith(top + "/"):
+                raise CaeError("%s: cannot be the working directory in the rootfs engine (binding it would "
+                               "shadow the engine's system directories); run from another directory" % cwd)
         cmd = ["bwrap", "--unshare-pid", "--die-with-parent"] + self._bind_system()
         cmd += ["--proc", "/proc", "--dev", "/dev", "--bind", "/tmp", "/tmp",
                 "--dir", "/root", "--dir", "/run"]
