@@ -195,3 +195,15 @@ def test_unavailable_kinds_say_what_to_do():
         proc = _cli("engine", "status", env={"CAFFE_CAE_ENGINE": "docker"})
         assert proc.returncode == 2
         assert "no running Docker daemon" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_docker_context_is_the_recipe():
+    for name in ("Dockerfile.cpu", "Dockerfile.gpu"):
+        ignore = read(os.path.join(REPO_ROOT, "docker", name + ".dockerignore")).split("\n")
+        assert "*" in ignore
+        allowed = sorted(line[1:] for line in ignore if line.startswith("!"))
+        text = read(os.path.join(REPO_ROOT, "docker", name))
+        for line in text.splitlines():
+            if line.startswith("COPY "):
+                for src in line.split()[1:-1]:
+                    assert any(src.rstrip("/") == a.rstrip("/") for a in allowed), src
