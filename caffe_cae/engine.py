@@ -321,9 +321,17 @@ class RootfsEngine(Engine):
 
 
 def _check_bwrap():
+    """bwrap is installed and can make a sandbox here (root, or unprivileged user namespaces)."""
     if not shutil.which("bwrap"):
         raise CaeError("bwrap not found: the rootfs engine needs bubblewrap (apt-get install bubblewrap), "
                        "or set CAFFE_CAE_ENGINE=docker with a running Docker daemon")
+    if os.geteuid() != 0:
+        proc = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--unshare-pid", "true"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, universal_newlines=True)
+        if proc.returncode != 0:
+            raise CaeError("bwrap cannot make a sandbox as uid %d (%s): run as root, enable unprivileged user "
+                           "namespaces (sysctl kernel.unprivileged_userns_clone=1), or use CAFFE_CAE_ENGINE=docker"
+                           % (os.geteuid(), (proc.stderr.strip().splitlines() or ["no message"])[-1]))
 
 
 def _stream(cmd, log_file, log, prefix_only=True):
