@@ -120,6 +120,8 @@ class CaffeBackend(Backend):
         if mode == "gpu" and st.get("mode") != "gpu":
             raise CaeError("--mode gpu: no GPU here: the %s engine's Caffe %s is a CPU-only build; use --mode cpu"
                            % (st.get("kind"), st.get("caffe_version")))
+        if mode == "gpu" and not os.path.exists("/dev/nvidiactl"):
+            raise CaeError("--mode gpu: no GPU here: /dev/nvidiactl is missing (no NVIDIA driver); use --mode cpu")
         return {"backend": self.name, "engine": st.get("kind"), "location": st.get("location"),
                 "caffe_version": st.get("caffe_version"), "unpooling": st.get("unpooling"),
                 "mode": mode, "python": st.get("python"), "recipe": st.get("recipe")}
