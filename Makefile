@@ -45,11 +45,11 @@ engine: setup
 	$(CAE) engine build
 
 # Train one net: run directory RUN_DIR (manifest.json, log.jsonl, snapshots); seed = RUN.
-# Ctrl-C snapshots and stops; RESUME=1 continues; FORCE=1 overwrites a finished run.
+# Ctrl-C snapshots and stops; RESUME=1 continues RUN_DIR as recorded; FORCE=1 overwrites a finished run.
 RUN_DIR ?= runs/$(NET)_d$(DIM)_run$(RUN)
 train: data
-	$(CAE) train --net $(NET) --dim $(DIM) --mode $(MODE) --iters $(ITERS) --seed $(RUN) --out $(RUN_DIR) \
-	  $(if $(RESUME),--resume) $(if $(FORCE),--force) $(TRAIN_ARGS)
+	$(CAE) train --out $(RUN_DIR) $(if $(RESUME),--resume,--net $(NET) --dim $(DIM) --mode $(MODE) \
+	  --iters $(ITERS) --seed $(RUN) $(if $(FORCE),--force)) $(TRAIN_ARGS)
 
 # ms per SGD iteration of every net (D=10) in the engine, and the harness's own costs.
 bench: setup
