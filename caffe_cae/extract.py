@@ -88,18 +88,26 @@ def extract(run_dir, split="test", backend=None, stream=None, blobs=True):
     be.info(job["mode"])
     t0 = time.time()
     result = {}
+    tty = hasattr(stream, "isatty") and stream.isatty()
     session = be.extract(job, manifest.get("data_root") or os.getcwd())
     try:
         for event in session.events():
-            if event["event"] == "result":
+            if event["event"] == "progress" and tty:
+                stream.write("\rextract: %s %d/%d" % (event.get("what", ""), event["done"], event["total"]))
+                stream.flush()
+            elif event["event"] == "result":
                 result = event
             elif event["event"] == "end" and event.get("status") != "finished":
                 raise CaeError("%s: extraction failed: %s" % (run_dir, event.get("message")))
     except BaseException:
+        if tty:
+            stream.write("\n")
         for path in (out, job["blobs_out"]):  # temporary files of a worker that was stopped
             for name in glob.glob(glob.escape(path or "") + ".tmp-*") if path else ():
                 os.unlink(name)
         raise
+    if tty:
+        stream.write("\r" + " " * 40 + "\r")
     result.pop("event", None)
     result.update(codes=out, blobs=job["blobs_out"], seconds=round(time.time() - t0, 3), iteration=snap["iter"])
     return result
