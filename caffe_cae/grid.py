@@ -153,9 +153,13 @@ def stage_argv(stage, run, run_dir, config):
             argv += ["--set", pair]
         if config.get("data_root"):
             argv += ["--data-root", config["data_root"]]
+        if config.get("backend", "caffe") != "caffe":
+            argv += ["--backend", config["backend"]]
         if train_started(run_dir):
             argv.append("--resume")
         return argv
+    if stage == "extract" and config.get("backend", "caffe") != "caffe":
+        return base + [stage, "--backend", config["backend"], run_dir]
     if stage == "analyze":
         return base + ["analyze", "--jobs", str(config.get("threads", 1)), run_dir]
     return base + [stage, run_dir]

@@ -40,6 +40,7 @@ class TorchBackend(Backend):
         env = dict(os.environ)
         env["PYTHONPATH"] = PACKAGE_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         argv = [self.python, "-u", "-m", WORKER, command, json.dumps(job)]
         session = WorkerSession(argv, cwd, stderr_path, env=env)
         return session

@@ -213,18 +213,22 @@ class _SCELoss(torch.autograd.Function):
 
 
 class _CaffeConv(torch.autograd.Function):
-    """Convolution / deconvolution whose weight and bias gradients avoid oneDNN on the CPU:
-    its fp32 weight-gradient reductions are ~10x less accurate than Caffe's im2col + GEMM
-    (measured against float64), which breaks equality with Caffe in the tanh nets. The
-    forward pass and the input gradient keep PyTorch's fastest kernels."""
+    """Convolution / deconvolution with Caffe's accuracy on the CPU. NNPACK is never used (its
+    Winograd/FFT transforms give ~1e-7 outputs where Caffe gives exact zeros, which flips MAX
+    pooling ties and so the switches); weight and bias gradients never use oneDNN (its fp32
+    reductions are ~10x less accurate than Caffe's im2col + GEMM, measured against float64).
+    The forward pass and the input gradient use oneDNN only when ``onednn`` is set (faster
+    for some shapes), else PyTorch's im2col + GEMM path, Caffe's own algorithm."""
 
     @staticmethod
-    def forward(ctx, x, w, b, stride, pad, dilation, groups, transposed):
+    def forward(ctx, x, w, b, stride, pad, dilation, groups, transposed, onednn):
         ctx.save_for_backward(x, w)
         ctx.conf = (list(stride), list(pad), list(dilation), transposed, [0, 0], groups)
         ctx.bias_sizes = [b.shape[0]] if b is not None else None
-        return torch.ops.aten.convolution(x, w, b, list(stride), list(pad), list(dilation), transposed,
-                                          [0, 0], groups)
+        ctx.onednn = onednn
+        with torch.backends.mkldnn.flags(enabled=onednn), torch.backends.nnpack.flags(enabled=False):
+            return torch.ops.aten.convolution(x, w, b, list(stride), list(pad), list(dilation), transposed,
+                                              [0, 0], groups)
 
     @staticmethod
     def backward(ctx, gy):
@@ -233,12 +237,13 @@ class _CaffeConv(torch.autograd.Function):
         gx = gw = gb = None
         backward = torch.ops.aten.convolution_backward
         if need_x:
-            gx = backward(gy, x, w, ctx.bias_sizes, *ctx.conf, [True, False, False])[0]
+            with torch.backends.mkldnn.flags(enabled=ctx.onednn), torch.backends.nnpack.flags(enabled=False):
+                gx = backward(gy, x, w, ctx.bias_sizes, *ctx.conf, [True, False, False])[0]
         if need_w or (need_b and ctx.bias_sizes):
-            with torch.backends.mkldnn.flags(enabled=False):
+            with torch.backends.mkldnn.flags(enabled=False), torch.backends.nnpack.flags(enabled=False):
                 _, gw, gb = backward(gy, x, w, ctx.bias_sizes, *ctx.conf,
                                      [False, bool(need_w), bool(need_b and ctx.bias_sizes)])
-        return gx, gw, gb, None, None, None, None, None
+        return gx, gw, gb, None, None, None, None, None, None
 
 
 class _ContrastiveLoss(torch.autograd.Function):
@@ -478,7 +483,7 @@ class ConvLayer(Layer):
     def forward(self, bottoms):
         b = self.blobs[1] if self.bias_term else None
         return [_CaffeConv.apply(bottoms[0], self.blobs[0], b, self.stride, self.pad, self.dilation,
-                                 self.group, self.deconv)]
+                                 self.group, self.deconv, self.net.onednn)]
 
 
 class DeconvLayer(ConvLayer):
@@ -720,9 +725,26 @@ class SplitLayer(Layer):
         return [bottoms[0]] * len(self.tops)
 
 
+class _CaffeSigmoid(torch.autograd.Function):
+    """Caffe's sigmoid, ``0.5 * tanh(0.5 * x) + 0.5``: it rounds differently from
+    ``1 / (1 + exp(-x))`` near 0.5 and 1, which decides ties in the MAX pooling that follows
+    (and so the switches). Backward ``dy * y * (1 - y)`` as Caffe."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x * 0.5).mul_(0.5).add_(0.5)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        y, = ctx.saved_tensors
+        return gy * y * (1 - y)
+
+
 class SigmoidLayer(Layer):
     def forward(self, bottoms):
-        return [torch.sigmoid(bottoms[0])]
+        return [_CaffeSigmoid.apply(bottoms[0])]
 
 
 class TanHLayer(Layer):
@@ -805,7 +827,8 @@ class TorchNet:
     resolved against; ``generator``: torch.Generator for the fillers (default seed 0);
     ``share_with``: a TorchNet whose parameter blobs are used for layers of the same name
     (Caffe's ShareTrainedLayersWith, as a solver's test nets do); ``h5_cache``: a dict shared
-    by nets reading the same single-file HDF5 lists (the arrays are read once, never written).
+    by nets reading the same single-file HDF5 lists (the arrays are read once, never written);
+    ``onednn``: let convolutions' forward and input gradient use oneDNN (see _CaffeConv).
 
     Attributes: ``layers`` (Layer objects in order), ``params`` (layer name -> list of
     tensors, as pycaffe's ``net.params``), ``learnable`` (unique parameter tensors in Caffe's
@@ -814,8 +837,9 @@ class TorchNet:
     """
 
     def __init__(self, net_param, phase="train", stages=(), level=0, cwd=".", device="cpu",
-                 generator=None, share_with=None, h5_cache=None):
+                 generator=None, share_with=None, h5_cache=None, onednn=False):
         net_param = modern(net_param)
+        self.onednn = bool(onednn)
         self.h5_cache = h5_cache if h5_cache is not None else {}
         self.name = net_param.name
         self.phase = PHASES[phase]

@@ -18,7 +18,11 @@ run with a snapshot), executed by :class:`caffe_cae.backends.torch_solver.TorchS
 - a non-finite loss is caught before the update; the forward pass is replayed layer by layer
   on the same batch and the first (layer, top) holding a non-finite value is reported.
 
-Threads: ``torch.set_num_threads`` = ``$CAFFE_CAE_TORCH_THREADS``, else the CPU count.
+Threads: ``torch.set_num_threads`` = ``$CAFFE_CAE_TORCH_THREADS``, else ``$OMP_NUM_THREADS``,
+else the CPU count;
+OpenMP waits passively (``OMP_WAIT_POLICY=PASSIVE`` unless set: spinning threads cost 5-20x
+on a shared, loaded machine). ``CAFFE_CAE_TORCH_ONEDNN=1`` lets convolutions use oneDNN
+(faster for some shapes, further from Caffe's rounding; off by default).
 """
 import json
 import math
@@ -49,8 +53,9 @@ def keyed(values):
 
 
 def threads():
-    """Threads for PyTorch: $CAFFE_CAE_TORCH_THREADS, else every CPU this process may use."""
-    value = os.environ.get("CAFFE_CAE_TORCH_THREADS")
+    """Threads for PyTorch: $CAFFE_CAE_TORCH_THREADS, else $OMP_NUM_THREADS (as ``grid`` sets it
+    for parallel runs), else every CPU this process may use."""
+    value = os.environ.get("CAFFE_CAE_TORCH_THREADS") or os.environ.get("OMP_NUM_THREADS")
     if value:
         return max(1, int(value))
     try:
@@ -63,6 +68,11 @@ def _setup(mode):
     from .torch_net import resolve_device, torch
     torch.set_num_threads(threads())
     return torch, resolve_device(mode)
+
+
+def onednn():
+    """``CAFFE_CAE_TORCH_ONEDNN=1``: convolutions may use oneDNN (see torch_net._CaffeConv)."""
+    return os.environ.get("CAFFE_CAE_TORCH_ONEDNN") == "1"
 
 
 class StopFlag:
@@ -114,7 +124,7 @@ def train(job):
     from .torch_solver import TorchSolver
     try:
         torch, device = _setup(job["mode"])
-        solver = TorchSolver(job["solver"], cwd=os.getcwd(), device=device)
+        solver = TorchSolver(job["solver"], cwd=os.getcwd(), device=device, onednn=onednn())
     except CaeError as exc:
         emit("end", status="failed", iter=0, message=str(exc))
         return 2
@@ -188,6 +198,7 @@ def train(job):
             sums, count = {}, 0
         if it % test_interval == 0 or it == max_iter:
             for k, stage in enumerate(job["test_stages"]):
+                emit("testing", iter=it, stage=stage["name"], batches=stage["iter"])
                 emit("log", iter=it, phase=stage["name"], loss=keyed(solver.test(k, stage["iter"])))
             test_passes += 1
         if it % snap_every == 0 or it == max_iter:
@@ -236,7 +247,7 @@ def extract(job):
     try:
         torch, device = _setup(job["mode"])
         weights = caffemodel.read_caffemodel(job["weights"])
-        net = TorchNet(parse_net(job["deploy"]), "test", cwd=os.getcwd(), device=device)
+        net = TorchNet(parse_net(job["deploy"]), "test", cwd=os.getcwd(), device=device, onednn=onednn())
         net.set_weights(weights, source=job["weights"])
     except CaeError as exc:
         emit("end", status="failed", message=str(exc))
@@ -270,7 +281,7 @@ def extract(job):
     stage_losses = {}
     if job.get("train_test"):
         tnet = TorchNet(parse_net(job["train_test"]), "test", stages=[str(job["stage"])], cwd=os.getcwd(),
-                        device=device)
+                        device=device, onednn=onednn())
         tnet.set_weights(weights, source=job["weights"])
         sums = {}
         with torch.no_grad():
@@ -351,8 +362,8 @@ def write_blobs(net, inp, job, torch):
 
 
 def bench(job):
-    """ms per SGD iteration for each solver (job: mode, nets [{name, solver}], warmup, repeats,
-    iters); one ``result`` event per net."""
+    """ms per SGD iteration for each solver, wall clock and CPU time of this process (all
+    threads) (job: mode, nets [{name, solver}], warmup, repeats, iters); one ``result`` per net."""
     from ..errors import CaeError
     from .torch_solver import TorchSolver
     try:
@@ -361,20 +372,22 @@ def bench(job):
         emit("end", status="failed", message=str(exc))
         return 2
     for entry in job["nets"]:
-        solver = TorchSolver(entry["solver"], cwd=os.getcwd(), device=device, test_nets=False)
+        solver = TorchSolver(entry["solver"], cwd=os.getcwd(), device=device, test_nets=False, onednn=onednn())
         started = time.time()
         solver.step(job["warmup"])
-        times = []
+        times, cpu = [], []
         for _ in range(job["repeats"]):
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            t = time.time()
+            t, c = time.time(), time.process_time()
             solver.step(job["iters"])
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append((time.time() - t) * 1000.0 / job["iters"])
+            cpu.append((time.process_time() - c) * 1000.0 / job["iters"])
         times.sort()
-        emit("result", net=entry["name"], ms=times[len(times) // 2], ms_all=times,
+        cpu.sort()
+        emit("result", net=entry["name"], ms=times[len(times) // 2], ms_all=times, cpu_ms=cpu[len(cpu) // 2],
              seconds=time.time() - started, threads=torch.get_num_threads())
         del solver
     emit("end", status="finished")

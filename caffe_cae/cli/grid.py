@@ -14,6 +14,8 @@ from .options import fail, run_guarded
 @click.option("--iters", type=click.IntRange(min=1), default=50000, show_default=True,
               help="Training iterations of every run.")
 @click.option("--mode", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--backend", type=click.Choice(["caffe", "torch"]), default="caffe", show_default=True,
+              help="caffe (the engine) or torch (PyTorch with Caffe's semantics) for train and extract.")
 @click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs at once (local: workers, each with cores/jobs BLAS threads; slurm: array cap).")
@@ -31,7 +33,7 @@ from .options import fail, run_guarded
 @click.option("--time", "time_limit", default=None, help="Slurm time limit per task, e.g. 12:00:00.")
 @click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
               help="Extra #SBATCH line for both jobs, e.g. --sbatch-arg=--account=abc (repeatable).")
-def cli(nets, dims, runs, iters, mode, executor, jobs, out, dry_run, retry_failed, sets, data_root,
+def cli(nets, dims, runs, iters, mode, backend, executor, jobs, out, dry_run, retry_failed, sets, data_root,
         cpus_per_task, partition, time_limit, sbatch_args):
     """Run train -> extract -> analyze for every (net, D, seed), skipping finished runs, then the report.
 
@@ -44,7 +46,7 @@ def cli(nets, dims, runs, iters, mode, executor, jobs, out, dry_run, retry_faile
     from .. import grid
 
     plan = run_guarded(lambda: grid.expand(grid.parse_nets(nets), grid.parse_dims(dims), runs))
-    config = {"iters": iters, "mode": mode, "sets": list(sets),
+    config = {"iters": iters, "mode": mode, "sets": list(sets), "backend": backend,
               "data_root": os.path.abspath(data_root) if data_root else None}
     if executor == "slurm":
         run_guarded(grid.submit_slurm, out, plan, config, jobs, dry_run=dry_run,
