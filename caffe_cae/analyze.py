@@ -128,10 +128,13 @@ def mlp_predict(train_x, train_y, test_x, hidden, seed=SEED, max_iter=MLP_MAX_IT
 def _fold(kind, x, y, train, test, hidden, seed):
     from threadpoolctl import threadpool_limits
 
+    cpu = time.process_time()
     with threadpool_limits(1):  # tiny matrices: one BLAS thread per fold is faster
         if kind == "linear":
-            return test, lda_predict(x[train], y[train], x[test]), None
-        return (test,) + mlp_predict(x[train], y[train], x[test], hidden, seed=seed)
+            pred, iterations = lda_predict(x[train], y[train], x[test]), None
+        else:
+            pred, iterations = mlp_predict(x[train], y[train], x[test], hidden, seed=seed)
+    return test, pred, iterations, time.process_time() - cpu
 
 
 def classify_cv(code, labels, kind, folds=FOLDS, seed=SEED, hidden=None, jobs=1):
@@ -157,11 +160,12 @@ def classify_cv(code, labels, kind, folds=FOLDS, seed=SEED, hidden=None, jobs=1)
     else:
         parts = [_fold(kind, x, y, tr, te, hidden, seed + i) for i, (tr, te) in enumerate(splits)]
     predicted = np.empty_like(y)
-    for test, pred, _ in parts:
+    for test, pred, _, _ in parts:
         predicted[test] = pred
     error, per_class, confusion = per_class_error(y, predicted)
     out = {"error": round(error, 4), "per_class": {str(k): round(v, 4) for k, v in per_class.items()},
-           "confusion": confusion, "seconds": round(time.time() - t0, 3)}
+           "confusion": confusion, "seconds": round(time.time() - t0, 3),
+           "cpu_seconds": round(sum(p[3] for p in parts), 3)}
     if kind == "mlp":
         out["hidden"] = int(hidden)
         out["iterations"] = [p[2] for p in parts]
@@ -817,6 +821,7 @@ def analyze_run(run_dir, folds=FOLDS, seed=SEED, jobs=1, test_h5=None, diagram=T
     say("%s: MLP %d-%d-10 (%d-fold)" % (run_dir, dim, mlp_hidden_size(dim), folds))
     mlp = classify_cv(code, labels, "mlp", folds=folds, seed=seed, jobs=jobs)
     timings["mlp"] = mlp["seconds"]
+    timings["mlp_cpu"] = mlp["cpu_seconds"]
     result.update(linear_error=linear["error"], mlp_error=mlp["error"], mlp_size="%d-%d-10" % (dim, mlp["hidden"]),
                   per_class_error={"linear": linear["per_class"], "mlp": mlp["per_class"]},
                   confusion={"linear": linear["confusion"], "mlp": mlp["confusion"]},
@@ -972,12 +977,15 @@ def benchmark(n=10000, dim=30, jobs=2, seed=SEED, work=None):
             files["train_test"] = os.path.basename(proto)
         write_json(os.path.join(run, "manifest.json"), {"net": "model4", "dim": dim, "seed": seed, "iterations": 50000,
                                                         "files": files})
-        t0 = time.time()
+        t0, cpu = time.time(), time.process_time()
         out = analyze_run(run, jobs=jobs, seed=seed, test_h5=os.path.join(work, "test.h5"),
                           diagram=bool(files) and shutil.which("dot") is not None, reference_cache=None)
-        wall = time.time() - t0
+        wall, cpu = time.time() - t0, time.process_time() - cpu
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        # CPU seconds tell what the machine alone would take: the main process (t-SNE threads,
+        # LDA, figures; the MLP too when jobs=1) and the MLP folds wherever they ran
         return {"n": n, "dim": dim, "jobs": jobs, "wall_seconds": round(wall, 2), "stages": out["timings"],
+                "cpu_seconds": {"main_process": round(cpu, 2), "mlp_folds": out["timings"]["mlp_cpu"]},
                 "code": what, "linear_error": out["linear_error"], "mlp_error": out["mlp_error"],
                 "tsne": dict(TSNE_PARAMS),
                 "load_average_1min": load}
