@@ -80,6 +80,18 @@ def test_slurm_dry_run_prints_both_scripts_and_submits_nothing(tmp_path):
     assert "-m caffe_cae.grid task" in text and "-m caffe_cae.grid report" in text
     assert "#SBATCH --output=%s/slurm/logs/%%A_%%a.out" % out in text
     assert not out.exists()
+    array = text.split("# --- grid_array.sh\n")[1].split("# --- grid_report.sh")[0]
+    report = text.split("# --- grid_report.sh")[1].split("\n", 1)[1]
+    assert array.startswith("#!/bin/bash\n") and report.startswith("#!/bin/bash\n")
+    if shutil.which("shellcheck") is None:
+        if os.environ.get("CI"):
+            pytest.fail("shellcheck missing (.ci/run installs it)")
+        return
+    for name, body in (("array.sh", array), ("report.sh", report)):
+        (tmp_path / name).write_text(body)
+    lint = subprocess.run(["shellcheck", str(tmp_path / "array.sh"), str(tmp_path / "report.sh")],
+                          stdout=subprocess.PIPE, universal_newlines=True)
+    assert lint.returncode == 0, lint.stdout
 
 
 def test_local_dry_run_lists_the_stages(tmp_path):
