@@ -17,12 +17,16 @@ PY  := $(VENV)/bin/python
 help:
 	@echo "make setup | prototxt | engine | data | train MODEL=3 DIM=30 MODE=cpu | test | bench"
 
-# A virtual environment with the package (editable) and the test tools.
+# A virtual environment with the package (editable), the test tools and PyTorch for the
+# second backend. TORCH pins the CPU build that lies on this machine's disk; elsewhere set
+# e.g. TORCH='torch>=2.1' (an unpinned torch from PyPI is a multi-GB CUDA build).
+TORCH ?= torch==2.13.0
 setup: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q '$(TORCH)'
+	$(VENV)/bin/pip install -q -e '.[test,torch]'
 	touch $@
 
 # Every net of the paper at every code size, both syntaxes, into generated/.
@@ -84,7 +88,8 @@ relu: data
 	-$(CAE) train --net $(NET) --dim $(DIM) --mode $(MODE) --iters 200 --seed 1 --out runs/relu_$(NET)_d$(DIM) \
 	  --force --set net.activation=relu
 
-test: setup
+# The README's test command: set up, build or reuse the engine, run every test.
+test: setup engine
 	$(PY) -m pytest tests
 
 clean:
