@@ -177,3 +177,30 @@ def table(results):
         (cond.get("host") or {}).get("cpu"), (cond.get("host") or {}).get("cpus"),
         "%.1f" % load[0] if load[0] is not None else "n/a", cond.get("date"))]
     return "\n".join(lines)
+
+
+def compare_table(by_backend):
+    """One Markdown table of several backends' results ({backend: bench() result}): ms per
+    iteration (wall and CPU) per net, and the speed-up of each backend over the first."""
+    names = list(by_backend)
+    first = names[0]
+    head = "| Net (D=%d, batch 100) |" % next(iter(by_backend.values()))["settings"]["dim"]
+    head += "".join(" %s ms (wall) | %s CPU ms |" % (b, b) for b in names)
+    head += "".join(" %s speed-up (wall, CPU) |" % b for b in names[1:])
+    lines = [head, "|---" * (1 + 2 * len(names) + len(names) - 1) + "|"]
+    for net in specs.NETS:
+        rows = [by_backend[b]["nets"].get(net) for b in names]
+        if any(r is None for r in rows):
+            continue
+        cells = ["%.1f | %s" % (r["ms"], "%.1f" % r["cpu_ms"] if r.get("cpu_ms") is not None else "n/a")
+                 for r in rows]
+        ups = []
+        for r in rows[1:]:
+            cpu = ("%.2fx" % (rows[0]["cpu_ms"] / r["cpu_ms"])) if r.get("cpu_ms") and rows[0].get("cpu_ms") else "n/a"
+            ups.append("%.2fx, %s" % (rows[0]["ms"] / r["ms"], cpu))
+        lines.append("| %s | %s |%s" % (net, " | ".join(cells), "".join(" %s |" % u for u in ups)))
+    loads = ", ".join("%s %s" % (b, "%.1f" % ((by_backend[b].get("conditions") or {}).get("load_before") or [0])[0])
+                      for b in names)
+    lines += ["", "Speed-up = %s time / backend time. Load average at the start: %s." % (first, loads)]
+    return "\n".join(lines)
+
