@@ -161,7 +161,8 @@ def stage_argv(stage, run, run_dir, config):
     if stage == "extract" and config.get("backend", "caffe") != "caffe":
         return base + [stage, "--backend", config["backend"], run_dir]
     if stage == "analyze":
-        return base + ["analyze", "--jobs", str(config.get("threads", 1)), run_dir]
+        return base + ["analyze", "--jobs", str(config.get("threads", 1)),
+                       *config.get("analyze_args", ()), run_dir]
     return base + [stage, run_dir]
 
 

@@ -25,6 +25,8 @@ from .options import fail, run_guarded
 @click.option("--retry-failed", is_flag=True, help="Try again the runs recorded as failed.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Setting override passed to every `caffe-cae train --set` (repeatable).")
+@click.option("--analyze-arg", "analyze_args", multiple=True, metavar="ARG",
+              help="Extra argument for every `caffe-cae analyze`, e.g. --analyze-arg=--folds=3 (repeatable).")
 @click.option("--data-root", type=click.Path(file_okay=False, exists=True), default=None,
               help="Passed to `caffe-cae train --data-root` [default: the current directory].")
 @click.option("--cpus-per-task", type=click.IntRange(min=1), default=1, show_default=True,
@@ -33,7 +35,7 @@ from .options import fail, run_guarded
 @click.option("--time", "time_limit", default=None, help="Slurm time limit per task, e.g. 12:00:00.")
 @click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
               help="Extra #SBATCH line for both jobs, e.g. --sbatch-arg=--account=abc (repeatable).")
-def cli(nets, dims, runs, iters, mode, backend, executor, jobs, out, dry_run, retry_failed, sets, data_root,
+def cli(nets, dims, runs, iters, mode, backend, executor, jobs, out, dry_run, retry_failed, sets, analyze_args, data_root,
         cpus_per_task, partition, time_limit, sbatch_args):
     """Run train -> extract -> analyze for every (net, D, seed), skipping finished runs, then the report.
 
@@ -46,7 +48,7 @@ def cli(nets, dims, runs, iters, mode, backend, executor, jobs, out, dry_run, re
     from .. import grid
 
     plan = run_guarded(lambda: grid.expand(grid.parse_nets(nets), grid.parse_dims(dims), runs))
-    config = {"iters": iters, "mode": mode, "sets": list(sets), "backend": backend,
+    config = {"iters": iters, "mode": mode, "sets": list(sets), "analyze_args": list(analyze_args), "backend": backend,
               "data_root": os.path.abspath(data_root) if data_root else None}
     if executor == "slurm":
         run_guarded(grid.submit_slurm, out, plan, config, jobs, dry_run=dry_run,
