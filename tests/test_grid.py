@@ -96,12 +96,14 @@ def test_slurm_dry_run_prints_both_scripts_and_submits_nothing(tmp_path):
 
 def test_local_dry_run_lists_the_stages(tmp_path):
     proc = run_grid("--dry-run", "--nets", "deep_ae", "--dims", "2", "--runs", "2", "--iters", "20",
-                    "--out", str(tmp_path / "g"))
+                    "--out", str(tmp_path / "g"), "--jobs", "2", "--analyze-arg=--folds=3",
+                    "--set", "solver.display=5")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert sum(" train --net deep_ae --dim 2 --mode cpu --iters 20 --seed " in ln for ln in lines) == 2
     assert sum("-m caffe_cae extract " in ln for ln in lines) == 2
-    assert sum("-m caffe_cae analyze " in ln for ln in lines) == 2
+    assert sum("-m caffe_cae analyze --jobs 1 --folds=3 " in ln for ln in lines) == 2
+    assert sum(" --set solver.display=5" in ln for ln in lines) == 2
     assert "-m caffe_cae report " in lines[-1] and lines[-1].endswith("--out %s" % (tmp_path / "g" / "report"))
 
 
