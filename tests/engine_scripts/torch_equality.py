@@ -10,10 +10,10 @@ relative data paths (data/hdf5/...) are resolved against. Task kinds:
 - {"kind": "fwdbwd", "net": N, "weights": M, "out": H5}: a TRAIN net from M, one forward and
   backward on the first batch; H5 gets /blobs/NAME (data) and /diffs/LAYER/I (param diffs);
 - {"kind": "sgd", "solver": S, "weights": M or null, "restore": STATE or null,
-  "skip": K, "iters": N, "snapshot_at": J or null, "out": H5, "final": M2}: SGD from M
+  "skip": K, "iters": N, "snapshot_at": [J...], "out": H5, "final": M2}: SGD from M
   (or a restored .solverstate whose data position is advanced by K batches), N iterations
-  one at a time; H5 gets /loss/TOP per iteration; the final weights go to M2; a snapshot
-  (solver.snapshot(), snapshot_prefix of S) after iteration J.
+  one at a time; H5 gets /loss/TOP per iteration; the final weights go to M2; snapshots
+  (solver.snapshot(), snapshot_prefix of S) after each iteration J.
 Prints one JSON line {"ok": true, "seconds": {...}}.
 """
 import json
@@ -73,7 +73,7 @@ def sgd(task):
         solver.step(1)
         for top in net.outputs:
             curves[top].append(float(net.blobs[top].data.reshape(-1)[0]))
-        if task.get("snapshot_at") and solver.iter == task["snapshot_at"]:
+        if solver.iter in (task.get("snapshot_at") or []):
             solver.snapshot()
     net.save(str(task["final"]))
     with h5py.File(task["out"], "w") as f:
