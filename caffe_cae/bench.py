@@ -27,7 +27,7 @@ import tempfile
 import time
 
 from . import data as data_lib
-from . import render, specs
+from . import files, render, specs
 from .errors import CaeError
 from .train import engine_solver_text, git_info, host_info, now_iso, resolve_backend, write_json
 
@@ -50,7 +50,7 @@ def net_solvers(folder, nets, dim, mode):
         with open(paths["solver"], encoding="utf-8") as f:
             text = engine_solver_text(f.read(), folder, net, dim)
         solver = os.path.join(folder, "%s_d%d_engine_solver.prototxt" % (net, dim))
-        render.write_atomic(solver, text)
+        files.write_text(solver, text)
         entries.append({"name": net, "solver": solver})
     return entries
 

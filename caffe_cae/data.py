@@ -34,7 +34,7 @@ import zlib
 
 import numpy as np
 
-from . import REPO_ROOT
+from . import REPO_ROOT, files
 from .errors import CaeError
 
 #: version of the output layout; part of the idempotence stamp
@@ -171,32 +171,11 @@ def _scale(images):
 
 
 def _write_h5(path, fill, stamp):
-    """Write an h5 file atomically: ``fill(h5file)`` writes the datasets into a temp file that
-    is renamed to ``path``; the temp file is removed on any failure."""
-    import h5py
-
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    try:
-        with h5py.File(tmp, "w") as f:
-            fill(f)
-            f.attrs["caffe_cae_inputs"] = stamp
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _write_text(path, text):
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write an h5 file atomically, stamped with its inputs (see ``_up_to_date``)."""
+    def fill_stamped(f):
+        fill(f)
+        f.attrs["caffe_cae_inputs"] = stamp
+    files.write_h5(path, fill_stamped)
 
 
 def _fill_images(images, labels):
@@ -273,7 +252,7 @@ def _write_all(splits, out_dir, stamps, list_prefix, force, progress):
                     with open(paths[name + "_list"], encoding="utf-8") as fh:
                         current = fh.read()
                 if current != listing:
-                    _write_text(paths[name + "_list"], listing)
+                    files.write_text(paths[name + "_list"], listing)
     except OSError as exc:
         raise CaeError("%s: cannot write the HDF5 output (%s)" % (out_dir, exc.strerror or exc))
     return {k: v for k, v in paths.items() if not k.endswith("_entry")}

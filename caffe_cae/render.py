@@ -7,12 +7,12 @@ Caffe is never written. Rendering is deterministic: the same arguments give the 
 """
 import math
 import os
-import tempfile
 
 import jinja2
 
 from . import REPO_ROOT, specs
 from .errors import CaeError
+from .files import write_text
 from .inspect import analyse
 from .schema import parse_net, parse_solver
 
@@ -91,21 +91,6 @@ def _check(text, where):
     analyse(parse_net(text, filename=where), where=where)
 
 
-def write_atomic(path, text):
-    """Write ``text`` to ``path`` through a temporary file in the same directory."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".prototxt")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_files(net, dim, out_dir, syntax="modern", overrides=None, net_dir=None, snapshot_prefix=None):
     """Render and write the three files into ``out_dir``; returns {kind: path}."""
     texts = render_files(net, dim, syntax, overrides, net_dir=net_dir if net_dir is not None else out_dir,
@@ -113,7 +98,7 @@ def write_files(net, dim, out_dir, syntax="modern", overrides=None, net_dir=None
     paths = {}
     for kind in KINDS:
         paths[kind] = os.path.join(out_dir, file_name(net, dim, kind))
-        write_atomic(paths[kind], texts[kind])
+        write_text(paths[kind], texts[kind])
     return paths
 
 
@@ -144,7 +129,7 @@ def render_paper_grid(out="generated", syntaxes=("legacy", "modern"), net_prefix
             with open(path, encoding="utf-8") as handle:
                 current = handle.read()
         if current != text:
-            write_atomic(path, text)
+            write_text(path, text)
     for syntax in syntaxes:
         folder = os.path.join(out, syntax)
         for name in os.listdir(folder):

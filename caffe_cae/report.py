@@ -15,7 +15,7 @@ import shutil
 import statistics
 
 from . import paper as paper_lib
-from .render import write_atomic
+from .files import write_text
 
 PAPER_ITERS = 50000
 LOSS_KEYS = {"autoencoder": ("cross_entropy", "euclidean"), "siamese": ("contrastive",)}
@@ -285,9 +285,9 @@ def build(run_dirs, out_dir, paper=None):
         "</body></html>")
     index = os.path.join(out_dir, "index.html")
     markdown = os.path.join(out_dir, "report.md")
-    write_atomic(index, "\n".join(html_parts))
-    write_atomic(markdown, "\n".join(md) + "\n")
-    write_atomic(os.path.join(out_dir, "report.json"),
+    write_text(index, "\n".join(html_parts))
+    write_text(markdown, "\n".join(md) + "\n")
+    write_text(os.path.join(out_dir, "report.json"),
                  json.dumps({"conditions": cond, "table4": {"header": t4[0], "rows": t4[1]},
                              "table5": {"header": t5[0], "rows": t5[1]}}, indent=1))
     return {"html": index, "markdown": markdown}

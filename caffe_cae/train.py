@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 
-from . import REPO_ROOT, render, specs
+from . import REPO_ROOT, files, render, specs
 from .errors import CaeError
 
 SYNTAX = "modern"
@@ -62,18 +62,8 @@ def now_iso(t=None):
 
 
 def write_json(path, value):
-    """Write JSON to ``path`` atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(value, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON to ``path`` atomically (sorted keys)."""
+    files.write_json(path, value, sort_keys=True)
 
 
 def read_manifest(run_dir):
@@ -514,7 +504,7 @@ def _session(be, manifest, run_dir, s, data, data_root, stop_after, stream, tty,
     mpath = os.path.join(run_dir, MANIFEST)
     with open(os.path.join(run_dir, manifest["files"]["solver"]), encoding="utf-8") as f:
         solver_text = f.read()
-    render.write_atomic(os.path.join(run_dir, ENGINE_SOLVER), engine_solver_text(solver_text, run_dir, net, dim))
+    files.write_text(os.path.join(run_dir, ENGINE_SOLVER), engine_solver_text(solver_text, run_dir, net, dim))
     stages, train_period = schedule(s, data)
     snap = last_snapshot(run_dir, manifest)
     resume = None

@@ -36,6 +36,8 @@ import sys
 import threading
 import time
 
+from ..files import write_h5
+
 #: loss top name -> key in log records
 LOSS_KEYS = {"cross_entropy_loss": "cross_entropy", "euclidean_loss": "euclidean",
              "contrastive_loss": "contrastive"}
@@ -282,19 +284,6 @@ def _relink_state(solverstate, caffemodel):
 # Extraction
 
 
-def _write_h5(path, fill):
-    import h5py
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    try:
-        with h5py.File(tmp, "w") as f:
-            fill(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def extract(job):
     """Codes, labels, reconstructions and stage losses over a split; the Fig. 11 blobs.
 
@@ -354,7 +343,7 @@ def extract(job):
         f.attrs["n"] = n
         f.attrs["dim"] = dim
 
-    _write_h5(job["codes_out"], fill_codes)
+    write_h5(job["codes_out"], fill_codes)
     result = {"n": n, "dim": dim, "losses": stage_losses, "codes_seconds": codes_seconds}
     if job.get("blobs_out"):
         result["digit_index"] = write_blobs(net, job, np)
@@ -400,7 +389,7 @@ def write_blobs(net, job, np):
             if key not in ("split", "stage"):
                 f.attrs[key] = value
 
-    _write_h5(job["blobs_out"], fill)
+    write_h5(job["blobs_out"], fill)
     return index
 
 

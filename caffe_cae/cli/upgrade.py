@@ -1,7 +1,7 @@
 """caffe-cae upgrade: legacy V1 nets to modern syntax, with the paper's Reshape fix."""
 import click
 
-from ..render import write_atomic
+from ..files import write_text
 from ..schema import parse_net, to_text
 from ..upgrade import upgrade
 from .options import run_guarded
@@ -10,7 +10,7 @@ from .options import run_guarded
 def _upgrade(file, out):
     text = to_text(upgrade(parse_net(file)))
     if out:
-        write_atomic(out, text)
+        write_text(out, text)
     else:
         click.echo(text, nl=False)
 
