@@ -212,6 +212,21 @@ class _SCELoss(torch.autograd.Function):
         return g * (grad / ctx.norm), None, None, None
 
 
+class _kernels:
+    """Context: oneDNN on or off, NNPACK off, for the convolutions (restores the settings)."""
+
+    def __init__(self, onednn):
+        self.onednn = onednn
+
+    def __enter__(self):
+        self.saved = torch.backends.mkldnn.enabled, torch.backends.nnpack.set_flags(False)[0]
+        torch.backends.mkldnn.enabled = self.onednn
+
+    def __exit__(self, *exc):
+        torch.backends.mkldnn.enabled = self.saved[0]
+        torch.backends.nnpack.set_flags(self.saved[1])
+
+
 class _CaffeConv(torch.autograd.Function):
     """Convolution / deconvolution with Caffe's accuracy on the CPU. NNPACK is never used (its
     Winograd/FFT transforms give ~1e-7 outputs where Caffe gives exact zeros, which flips MAX
@@ -226,7 +241,7 @@ class _CaffeConv(torch.autograd.Function):
         ctx.conf = (list(stride), list(pad), list(dilation), transposed, [0, 0], groups)
         ctx.bias_sizes = [b.shape[0]] if b is not None else None
         ctx.onednn = onednn
-        with torch.backends.mkldnn.flags(enabled=onednn), torch.backends.nnpack.flags(enabled=False):
+        with _kernels(onednn):
             return torch.ops.aten.convolution(x, w, b, list(stride), list(pad), list(dilation), transposed,
                                               [0, 0], groups)
 
@@ -237,10 +252,10 @@ class _CaffeConv(torch.autograd.Function):
         gx = gw = gb = None
         backward = torch.ops.aten.convolution_backward
         if need_x:
-            with torch.backends.mkldnn.flags(enabled=ctx.onednn), torch.backends.nnpack.flags(enabled=False):
+            with _kernels(ctx.onednn):
                 gx = backward(gy, x, w, ctx.bias_sizes, *ctx.conf, [True, False, False])[0]
         if need_w or (need_b and ctx.bias_sizes):
-            with torch.backends.mkldnn.flags(enabled=False), torch.backends.nnpack.flags(enabled=False):
+            with _kernels(False):
                 _, gw, gb = backward(gy, x, w, ctx.bias_sizes, *ctx.conf,
                                      [False, bool(need_w), bool(need_b and ctx.bias_sizes)])
         return gx, gw, gb, None, None, None, None, None, None
