@@ -386,13 +386,10 @@ def summary(out, plan):
 
 
 def report_argv(out, plan):
-    """``caffe-cae report`` over the grid's runs, done and failed alike.
-
-    Only directories with a ``manifest.json`` are passed (a run that failed before training
-    began has nothing to report; it is in ``OUT/grid.json`` and the grid's summary).
-    """
-    dirs = [os.path.join(out, run["dir"]) for run in plan
-            if os.path.isfile(os.path.join(out, run["dir"], "manifest.json"))]
+    """``caffe-cae report`` over the grid's runs, done and failed alike (every run directory
+    that exists; a run that failed before training began shows as failed from its
+    ``failed.json``)."""
+    dirs = [os.path.join(out, run["dir"]) for run in plan if os.path.isdir(os.path.join(out, run["dir"]))]
     return [sys.executable, "-m", "caffe_cae", "report", *dirs, "--out", os.path.join(out, "report")]
 
 
@@ -400,7 +397,7 @@ def make_report(out, plan, log=print):
     """Run the report over the grid; returns the report's exit status."""
     argv = report_argv(out, plan)
     if "report" == argv[-3]:  # no run directory between `report` and `--out DIR`
-        log("[grid] report: no run has a manifest.json; nothing to report")
+        log("[grid] report: no run directory; nothing to report")
         return 1
     log(f"[grid] report: {' '.join(map(shlex.quote, argv[3:5]))} ... --out {argv[-1]}")
     with open(os.path.join(out, "report.log"), "a") as f:

@@ -50,8 +50,10 @@ def read_run(run_dir):
     """One run as a flat record for the tables."""
     manifest = _load_json(os.path.join(run_dir, "manifest.json")) or {}
     analysis = _load_json(os.path.join(run_dir, "analysis.json")) or {}
-    net = manifest.get("net") or analysis.get("net")
-    dim = manifest.get("dim") or analysis.get("dim")
+    failed = _load_json(os.path.join(run_dir, "failed.json"))
+    guess = _from_path(run_dir)
+    net = manifest.get("net") or analysis.get("net") or guess.get("net")
+    dim = manifest.get("dim") or analysis.get("dim") or guess.get("dim")
     engine = manifest.get("engine") or {}
     losses = _final_losses(run_dir)
     keys = LOSS_KEYS["siamese" if net == "siamese" else "autoencoder"]
@@ -59,11 +61,13 @@ def read_run(run_dir):
     test = [losses.get("test-on-test", {}).get(k) for k in keys]
     sparsity = analysis.get("sparsity") or {}
     status = manifest.get("status", "missing")
-    if status == "finished" and not analysis:
+    if failed is not None:
+        status = "failed"
+    elif status == "finished" and not analysis:
         status = "not analysed"
     return {
         "dir": run_dir, "name": "/".join(os.path.normpath(run_dir).split(os.sep)[-2:]), "net": net, "dim": dim,
-        "seed": manifest.get("seed"), "status": status,
+        "seed": manifest.get("seed", guess.get("seed")), "status": status,
         "iterations": manifest.get("iterations") or manifest.get("iter"),
         "wall_seconds": manifest.get("wall_seconds") or manifest.get("wall_time"),
         "engine": engine.get("kind") if isinstance(engine, dict) else engine,
@@ -77,6 +81,19 @@ def read_run(run_dir):
         "figures": [os.path.join(run_dir, f) for f in analysis.get("figures", [])
                     if os.path.exists(os.path.join(run_dir, f))],
     }
+
+
+def _from_path(run_dir):
+    """net, dim and seed from the grid's layout ``{net}_d{D}/run{seed}``, when it is that."""
+    parts = os.path.normpath(run_dir).split(os.sep)
+    out = {}
+    if len(parts) >= 2 and "_d" in parts[-2] and parts[-1].startswith("run"):
+        net, _, dim = parts[-2].rpartition("_d")
+        if dim.isdigit():
+            out.update(net=net, dim=int(dim))
+        if parts[-1][3:].isdigit():
+            out["seed"] = int(parts[-1][3:])
+    return out
 
 
 def _stats(values):
@@ -102,7 +119,8 @@ def groups(records, paper=None):
         rows.setdefault((record["net"], record["dim"]), []).append(record)
     out = []
     order = {net: i for i, net in enumerate(paper["nets"])}
-    for (net, dim), runs in sorted(rows.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1] or 0)):
+    for (net, dim), runs in sorted(rows.items(), key=lambda kv: (order.get(kv[0][0], 99), str(kv[0][0]),
+                                                               kv[0][1] or 0)):
         ok = [r for r in runs if r["status"] not in ("failed", "missing")]
         reference = paper["table4"].get(net, {}).get(str(dim))
         row = {"net": net, "dim": dim, "runs": runs, "n_ok": len(ok),
@@ -182,7 +200,7 @@ def table4(rows):
             runs += f" ({len(row['failed'])} failed: {', '.join(row['failed'])})"
         train, train_ref = _loss_cell(row, "train")
         test, test_ref = _loss_cell(row, "test")
-        cells = [row["net"], str(row["dim"]), runs, iters, train, train_ref, test, test_ref]
+        cells = [str(row["net"]), str(row["dim"]), runs, iters, train, train_ref, test, test_ref]
         for key in ("linear_error", "mlp_error", "sparsity"):
             cells += [_fmt(row[key]), "" if ref.get(key) is None else f"{ref[key]:.2f}", _diff(row[key], ref.get(key))]
         body.append(cells)
@@ -241,7 +259,7 @@ def build(run_dirs, out_dir, paper=None):
         for path in record["figures"]:
             if not path.endswith(".png"):
                 continue
-            rel = os.path.join("figures", record["net"] or "run", f"d{record['dim']}",
+            rel = os.path.join("figures", str(record["net"] or "run"), f"d{record['dim']}",
                                os.path.basename(record["dir"].rstrip(os.sep)), os.path.basename(path))
             target = os.path.join(out_dir, rel)
             os.makedirs(os.path.dirname(target), exist_ok=True)

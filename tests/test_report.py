@@ -104,3 +104,19 @@ def test_broken_image_is_detected(runs, tmp_path):
     os.unlink(os.path.join(os.path.dirname(paths["html"]), "figures", "siamese", "d2", "run1", "map.png"))
     dom = _chromium(["--dump-dom", "file://" + os.path.abspath(paths["html"])], str(tmp_path)).stdout
     assert re.search(r"data-images=\"3 total, 1 broken\"", dom)
+
+
+def test_failed_before_training_and_failed_stage(tmp_path):
+    """A run with only failed.json (no manifest) and a trained run whose analysis failed twice."""
+    early = tmp_path / "runs" / "model2_d10" / "run1"
+    early.mkdir(parents=True)
+    (early / "failed.json").write_text(json.dumps({"stage": "train", "message": "boom"}))
+    late = _fake_run(tmp_path / "runs", "model2_d10".split("_d")[0], 10, 2, status="finished", figure=False)
+    os.unlink(os.path.join(late, "analysis.json"))
+    with open(os.path.join(late, "failed.json"), "w") as handle:
+        handle.write(json.dumps({"stage": "analyze", "message": "boom"}))
+    report.build([str(early), late], str(tmp_path / "report"))
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    header, rows = data["table4"]["header"], data["table4"]["rows"]
+    assert len(rows) == 1 and rows[0][:2] == ["model2", "10"]
+    assert "2 failed" in rows[0][header.index("Runs")]
