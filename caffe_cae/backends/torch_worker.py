@@ -22,7 +22,9 @@ Threads: ``torch.set_num_threads`` = ``$CAFFE_CAE_TORCH_THREADS``, else ``$OMP_N
 else the CPU count;
 OpenMP waits passively (``OMP_WAIT_POLICY=PASSIVE`` unless set: spinning threads cost 5-20x
 on a shared, loaded machine). ``CAFFE_CAE_TORCH_ONEDNN=1`` lets convolutions use oneDNN
-(faster for some shapes, further from Caffe's rounding; off by default).
+(faster for some shapes, further from Caffe's rounding; off by default). Denormal floats
+(below 1.2e-38) are flushed to zero on the CPU: Model 5's saturated tanh units make them
+common and they cost ~2x there; ``CAFFE_CAE_TORCH_DENORMALS=1`` keeps them.
 """
 import json
 import math
@@ -67,6 +69,8 @@ def threads():
 def _setup(mode):
     from .torch_net import resolve_device, torch
     torch.set_num_threads(threads())
+    if os.environ.get("CAFFE_CAE_TORCH_DENORMALS") != "1":
+        torch.set_flush_denormal(True)
     return torch, resolve_device(mode)
 
 
