@@ -324,3 +324,38 @@ def test_caffemodel_round_trip_and_bad_file(tmp_path):
     bad.write_bytes(b"\xff\xff\xff not a proto")
     with pytest.raises(CaeError, match="bad.caffemodel: not a binary .caffemodel"):
         caffemodel.read_caffemodel(str(bad))
+
+
+def test_train_resume_extract_with_torch_cli(tmp_path):
+    """`caffe-cae train/extract --backend torch` end to end on tiny data (no engine needed);
+    `--mode gpu` without a CUDA device is one line, exit 2."""
+    need_torch()
+    from engine_support import cli
+    root = str(tmp_path)
+    write_tiny(os.path.join(root, "data", "hdf5"), n=250, n_test=150, list_prefix="data/hdf5")
+    run = os.path.join(root, "run")
+    common = ["--set", "solver.display=2", "--set", "solver.test_interval=3", "--set", "solver.snapshot=3"]
+    first = cli("train", "--net", "model4", "--dim", "2", "--iters", "6", "--out", run, "--backend", "torch",
+                "--stop-after", "3", *common, cwd=root)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = cli("train", "--out", run, "--resume", "--backend", "torch", cwd=root)
+    assert second.returncode == 0, second.stderr[-2000:]
+    with open(os.path.join(run, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["status"] == "finished" and manifest["iterations"] == 6
+    assert [s.get("backend", manifest.get("backend")) for s in manifest["sessions"]] == ["torch", "torch"]
+    with open(os.path.join(run, "log.jsonl")) as f:
+        phases = [json.loads(line)["phase"] for line in f]
+    assert phases.count("train") == 3 and phases.count("test-on-test") == 2
+    out = cli("extract", run, "--backend", "torch", cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with h5py.File(os.path.join(run, "codes.h5"), "r") as f:
+        assert f["code"].shape == (150, 2) and f["reconstruction"].shape == (150, 28, 28)
+        assert f.attrs["extract_backend"] == "torch"
+    import torch
+    if not torch.cuda.is_available():
+        gpu = cli("train", "--net", "model4", "--dim", "2", "--iters", "2", "--out", os.path.join(root, "g"),
+                  "--backend", "torch", "--mode", "gpu", cwd=root)
+        assert gpu.returncode == 2
+        assert gpu.stderr.strip().splitlines()[-1].startswith("caffe-cae: --mode gpu: PyTorch sees no CUDA GPU") or \
+            "PyTorch sees no CUDA GPU" in gpu.stderr, gpu.stderr
