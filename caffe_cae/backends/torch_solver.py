@@ -80,9 +80,9 @@ def net_param_of(sp, cwd):
 class TorchSolver:
     """See the module docstring. ``solver``: SolverParameter or path; ``cwd``: directory the
     solver's relative paths are resolved against; ``device``: torch device; ``seed``
-    overrides ``random_seed``; ``test_nets``: build the test nets."""
+    overrides ``random_seed``; ``test_nets``: build the test nets; ``onednn``: see TorchNet."""
 
-    def __init__(self, solver, cwd=".", device="cpu", seed=None, test_nets=True):
+    def __init__(self, solver, cwd=".", device="cpu", seed=None, test_nets=True, onednn=False):
         sp = solver if isinstance(solver, pb.SolverParameter) else _parse_solver(solver)
         if sp.type != "SGD" or sp.solver_type != pb.SolverParameter.SGD:
             raise CaeError("solver: type %r: only SGD is supported by the torch backend" % sp.type)
@@ -98,14 +98,14 @@ class TorchSolver:
         ts = sp.train_state
         cache = {}
         self.net = TorchNet(self.net_param, "train", stages=list(ts.stage), level=ts.level, cwd=cwd,
-                            device=self.device, generator=self.gen, h5_cache=cache)
+                            device=self.device, generator=self.gen, h5_cache=cache, onednn=onednn)
         self.test_nets = []
         if test_nets:
             for state in sp.test_state:
                 self.test_nets.append(TorchNet(self.net_param, "test", stages=list(state.stage),
                                                level=state.level, cwd=cwd, device=self.device,
                                                generator=self.gen, share_with=self.net,
-                                               h5_cache=cache))
+                                               h5_cache=cache, onednn=onednn))
         self.iter = 0
         self.current_step = 0
         self.history = [torch.zeros_like(t, requires_grad=False) for t in self.net.learnable]
