@@ -381,6 +381,22 @@ def train(net=None, dim=None, mode=None, iters=None, seed=None, out=None, resume
     only). ``backend``: None (caffe; on resume the run's), a name from
     :data:`caffe_cae.backends.BACKENDS` or a Backend; a run resumed in another backend
     records ``backend`` as e.g. ``caffe+torch`` and each session's backend. Raises CaeError on bad input and RunFailed when training fails."""
+    if stop_after is not None and stop_after < 1:
+        raise CaeError("--stop-after: expected a positive iteration, got %s" % stop_after)
+    run = _prepare(net, dim, mode, iters, seed, out, resume, force, overrides, data_root, backend, stream, tty)
+    if "finished" in run:
+        return run["finished"]
+    lock = _open_run(run)
+    try:
+        return _session(run["be"], run["manifest"], run["run_dir"], run["s"], run["data"], run["data_root"],
+                        stop_after, stream, tty, handle_signals)
+    finally:
+        lock.release()
+
+
+def _prepare(net, dim, mode, iters, seed, out, resume, force, overrides, data_root, backend, stream, tty):
+    """Check a run's arguments and directory (train()'s); {"finished": manifest} for a finished
+    run being resumed, else what _open_run and _session need."""
     mode = mode.lower() if mode else None
     if mode not in (None, "cpu", "gpu"):
         raise CaeError("--mode: expected cpu or gpu, got %r" % mode)
@@ -432,8 +448,6 @@ def train(net=None, dim=None, mode=None, iters=None, seed=None, out=None, resume
     for key in ("solver.display", "solver.test_interval", "solver.snapshot"):
         if s[key] < 1:
             raise CaeError("--set %s=%s: expected a positive number of iterations" % (key, s[key]))
-    if stop_after is not None and stop_after < 1:
-        raise CaeError("--stop-after: expected a positive iteration, got %s" % stop_after)
 
     if backend is None and resume and manifest is not None:
         backend = manifest.get("backend", "caffe").split("+")[-1]
@@ -446,19 +460,28 @@ def train(net=None, dim=None, mode=None, iters=None, seed=None, out=None, resume
     if manifest is not None and not fresh and manifest.get("status") == "finished":
         note = Progress("%s d%d" % (net, dim), s["solver.max_iter"], stream, tty)
         note.note("%s: already finished (%d iterations); nothing to resume" % (run_dir, manifest["iterations"]))
-        return manifest
+        return {"finished": manifest}
+    return {"be": be, "info": info, "manifest": manifest, "run_dir": run_dir, "fresh": fresh, "net": net, "dim": dim,
+            "seed": seed, "mode": mode, "s": s, "given": given, "full": full, "data": data, "data_root": data_root}
+
+
+def _open_run(run):
+    """Create and lock the run directory; a fresh run gets its files and manifest. Returns the lock."""
+    run_dir = run["run_dir"]
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as exc:
         raise CaeError("%s: cannot create the run directory (%s)" % (run_dir, exc.strerror)) from None
     lock = RunLock(run_dir)
     try:
-        if fresh:
+        if run["fresh"]:
             _clear_run_dir(run_dir)
-            manifest = _new_manifest(net, dim, seed, mode, s, given, full, data, data_root, info, run_dir)
-        return _session(be, manifest, run_dir, s, data, data_root, stop_after, stream, tty, handle_signals)
-    finally:
+            run["manifest"] = _new_manifest(run["net"], run["dim"], run["seed"], run["mode"], run["s"], run["given"],
+                                            run["full"], run["data"], run["data_root"], run["info"], run_dir)
+    except BaseException:
         lock.release()
+        raise
+    return lock
 
 
 def _new_manifest(net, dim, seed, mode, s, given, full, data, data_root, info, run_dir):
@@ -497,45 +520,130 @@ def _engine_record(info):
     return record
 
 
-def _session(be, manifest, run_dir, s, data, data_root, stop_after, stream, tty, handle_signals):
+class _Recorder:
+    """One run directory's side of a training session: the job, then every event into the
+    manifest, log.jsonl and the progress display, then the end (as train() documents)."""
+
+    def __init__(self, be, manifest, run_dir, s, data, stop_after, stream, tty, extra=None):
+        self.be, self.manifest, self.run_dir, self.s, self.data = be, manifest, run_dir, s, data
+        self.stop_after, self.extra = stop_after, extra or {}
+        self.progress = Progress("%s d%d" % (manifest["net"], manifest["dim"]), manifest["max_iter"], stream, tty)
+        self.mpath = os.path.join(run_dir, MANIFEST)
+        self.end = {"status": "failed", "message": "no end event"}
+
+    def begin(self):
+        """Write the engine solver and the manifest's new session; returns the worker's job."""
+        manifest, run_dir, s = self.manifest, self.run_dir, self.s
+        net, dim = manifest["net"], manifest["dim"]
+        with open(os.path.join(run_dir, manifest["files"]["solver"]), encoding="utf-8") as f:
+            solver_text = f.read()
+        files.write_text(os.path.join(run_dir, ENGINE_SOLVER), engine_solver_text(solver_text, run_dir, net, dim))
+        stages, train_period = schedule(s, self.data)
+        snap = last_snapshot(run_dir, manifest)
+        resume = None
+        if snap:
+            resume = {"solverstate": snap["solverstate_path"], "caffemodel": snap["caffemodel_path"],
+                      "iter": snap["iter"], "test_passes": snap.get("test_passes", 0),
+                      "train_sum": snap.get("train_sum") or {}, "train_count": snap.get("train_count", 0)}
+        self.it = start_iter = snap["iter"] if snap else 0
+        self.log_path = os.path.join(run_dir, LOG)
+        if snap:
+            _truncate_log(self.log_path, start_iter)
+        elif os.path.exists(self.log_path):
+            os.unlink(self.log_path)
+        job = {"solver": os.path.join(run_dir, ENGINE_SOLVER), "mode": manifest["mode"],
+               "max_iter": manifest["max_iter"], "display": s["solver.display"],
+               "test_interval": s["solver.test_interval"], "snapshot": s["solver.snapshot"],
+               "snapshot_prefix": snapshot_prefix(run_dir, net, dim), "test_stages": stages,
+               "train_period": train_period, "resume": resume, "stop_after": self.stop_after,
+               "stderr_log": os.path.join(run_dir, "engine.log")}
+        info = self.be.info(manifest["mode"])
+        self.session_info = {"started": now_iso(), "from_iter": start_iter, "status": "running",
+                             "backend": info["backend"], "engine": _engine_record(info)}
+        self.session_info.update(self.extra)
+        used = [x.get("backend", "caffe") for x in manifest["sessions"]] + [info["backend"]]
+        manifest["backend"] = "+".join(sorted(set(used), key=used.index))
+        manifest["sessions"].append(self.session_info)
+        manifest["status"] = "running"
+        manifest["started"] = manifest["started"] or self.session_info["started"]
+        manifest.update(self.extra)
+        write_json(self.mpath, manifest)
+        self.t_start = time.time()
+        self.log = open(self.log_path, "a", encoding="utf-8")
+        return job
+
+    def event(self, kind, event):
+        manifest, progress = self.manifest, self.progress
+        if kind == "progress":
+            self.it = event["iter"]
+            progress.update(self.it, event.get("loss", {}))
+        elif kind == "testing":
+            progress.status("testing: %s (%d batches)" % (event["stage"], event["batches"]))
+        elif kind == "log":
+            self.log.write(json.dumps(event, sort_keys=True) + "\n")
+            self.log.flush()
+            progress.record(event)
+        elif kind == "snapshot":
+            it = self.it = event["iter"]
+            entry = {"iter": it, "caffemodel": os.path.relpath(event["caffemodel"], self.run_dir),
+                     "solverstate": os.path.relpath(event["solverstate"], self.run_dir),
+                     "train_sum": event.get("train_sum") or {}, "train_count": event.get("train_count", 0),
+                     "test_passes": event.get("test_passes", 0), "time": now_iso()}
+            manifest["snapshots"] = [x for x in manifest["snapshots"] if x["iter"] != it] + [entry]
+            manifest["iterations"] = it
+            _account(manifest, self.session_info, self.t_start, it)
+            write_json(self.mpath, manifest)
+        elif kind == "nonfinite":
+            manifest["failure"] = {k: event.get(k) for k in ("message", "iter", "first", "params")}
+            manifest["failure"]["loss"] = {k: v if math.isfinite(v) else repr(v)
+                                           for k, v in (event.get("loss") or {}).items()}
+            self.it = event["iter"] - 1
+        elif kind == "end":
+            self.end = event
+
+    def close(self):
+        self.log.close()
+        self.progress.close()
+
+    def finish(self, received):
+        """Record the session's end; returns the manifest or raises RunFailed."""
+        import signal
+
+        manifest, end, it = self.manifest, self.end, self.it
+        status = end.get("status", "failed")
+        if received and status == "failed" and not manifest.get("failure"):
+            status = "interrupted"
+        if received and status == "interrupted":
+            end["reason"] = signal.Signals(received[0]).name
+        if status == "finished":
+            it = end.get("iter", it)
+        elif status == "interrupted":
+            it = end.get("iter", manifest["iterations"])
+        manifest["iterations"] = it
+        manifest["status"] = status
+        _account(manifest, self.session_info, self.t_start, it)
+        self.session_info["status"] = status
+        if end.get("reason"):
+            self.session_info["reason"] = end["reason"]
+            manifest["interrupted_by"] = end["reason"]
+        if status == "failed":
+            manifest["failure"] = manifest.get("failure") or {"message": end.get("message")}
+        write_json(self.mpath, manifest)
+        if status == "failed":
+            raise RunFailed("%s: %s" % (self.run_dir, manifest["failure"]["message"]))
+        if status == "interrupted":
+            self.progress.note("%s: interrupted at iteration %d (%s); snapshot saved; continue with --resume"
+                               % (self.run_dir, manifest["iterations"], end.get("reason")))
+        else:
+            self.progress.note("%s: finished %d iterations in %.0f s"
+                               % (self.run_dir, it, self.session_info["wall_seconds"]))
+        return manifest
+
+
+def _signals(session, progress, handle_signals):
+    """SIGINT/SIGTERM -> session.stop() (again: kill). Returns (received list, restore function)."""
     import signal
 
-    net, dim = manifest["net"], manifest["dim"]
-    mpath = os.path.join(run_dir, MANIFEST)
-    with open(os.path.join(run_dir, manifest["files"]["solver"]), encoding="utf-8") as f:
-        solver_text = f.read()
-    files.write_text(os.path.join(run_dir, ENGINE_SOLVER), engine_solver_text(solver_text, run_dir, net, dim))
-    stages, train_period = schedule(s, data)
-    snap = last_snapshot(run_dir, manifest)
-    resume = None
-    if snap:
-        resume = {"solverstate": snap["solverstate_path"], "caffemodel": snap["caffemodel_path"], "iter": snap["iter"],
-                  "test_passes": snap.get("test_passes", 0), "train_sum": snap.get("train_sum") or {},
-                  "train_count": snap.get("train_count", 0)}
-    start_iter = snap["iter"] if snap else 0
-    log_path = os.path.join(run_dir, LOG)
-    if snap:
-        _truncate_log(log_path, start_iter)
-    elif os.path.exists(log_path):
-        os.unlink(log_path)
-    job = {"solver": os.path.join(run_dir, ENGINE_SOLVER), "mode": manifest["mode"], "max_iter": manifest["max_iter"],
-           "display": s["solver.display"], "test_interval": s["solver.test_interval"], "snapshot": s["solver.snapshot"],
-           "snapshot_prefix": snapshot_prefix(run_dir, net, dim), "test_stages": stages,
-           "train_period": train_period, "resume": resume, "stop_after": stop_after,
-           "stderr_log": os.path.join(run_dir, "engine.log")}
-    info = be.info(manifest["mode"])
-    session_info = {"started": now_iso(), "from_iter": start_iter, "status": "running",
-                    "backend": info["backend"], "engine": _engine_record(info)}
-    used = [x.get("backend", "caffe") for x in manifest["sessions"]] + [info["backend"]]
-    manifest["backend"] = "+".join(sorted(set(used), key=used.index))
-    manifest["sessions"].append(session_info)
-    manifest["status"] = "running"
-    manifest["started"] = manifest["started"] or session_info["started"]
-    write_json(mpath, manifest)
-
-    progress = Progress("%s d%d" % (net, dim), manifest["max_iter"], stream, tty)
-    t_start = time.time()
-    session = be.train(job, data_root)
     received = []
 
     def on_signal(signum, _frame):
@@ -553,72 +661,128 @@ def _session(be, manifest, run_dir, s, data, data_root, stop_after, stream, tty,
                 old[sig] = signal.signal(sig, on_signal)
         except ValueError:  # not the main thread: signals stay with the caller
             pass
-    end = {"status": "failed", "message": "no end event"}
-    it = start_iter
-    try:
-        with open(log_path, "a", encoding="utf-8") as log:
-            try:
-                for event in session.events():
-                    kind = event.pop("event")
-                    if kind == "progress":
-                        it = event["iter"]
-                        progress.update(it, event.get("loss", {}))
-                    elif kind == "testing":
-                        progress.status("testing: %s (%d batches)" % (event["stage"], event["batches"]))
-                    elif kind == "log":
-                        log.write(json.dumps(event, sort_keys=True) + "\n")
-                        log.flush()
-                        progress.record(event)
-                    elif kind == "snapshot":
-                        it = event["iter"]
-                        entry = {"iter": it, "caffemodel": os.path.relpath(event["caffemodel"], run_dir),
-                                 "solverstate": os.path.relpath(event["solverstate"], run_dir),
-                                 "train_sum": event.get("train_sum") or {}, "train_count": event.get("train_count", 0),
-                                 "test_passes": event.get("test_passes", 0), "time": now_iso()}
-                        manifest["snapshots"] = [x for x in manifest["snapshots"] if x["iter"] != it] + [entry]
-                        manifest["iterations"] = it
-                        _account(manifest, session_info, t_start, it)
-                        write_json(mpath, manifest)
-                    elif kind == "nonfinite":
-                        manifest["failure"] = {k: event.get(k) for k in ("message", "iter", "first", "params")}
-                        manifest["failure"]["loss"] = {k: v if math.isfinite(v) else repr(v)
-                                                       for k, v in (event.get("loss") or {}).items()}
-                        it = event["iter"] - 1
-                    elif kind == "end":
-                        end = event
-            except CaeError as exc:
-                end = {"status": "failed", "message": str(exc)}
-    finally:
+
+    def restore():
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        progress.close()
-    status = end.get("status", "failed")
-    if received and status == "failed" and not manifest.get("failure"):
-        status = "interrupted"
-    if received and status == "interrupted":
-        end["reason"] = signal.Signals(received[0]).name
-    if status == "finished":
-        it = end.get("iter", it)
-    elif status == "interrupted":
-        it = end.get("iter", manifest["iterations"])
-    manifest["iterations"] = it
-    manifest["status"] = status
-    _account(manifest, session_info, t_start, it)
-    session_info["status"] = status
-    if end.get("reason"):
-        session_info["reason"] = end["reason"]
-        manifest["interrupted_by"] = end["reason"]
-    if status == "failed":
-        manifest["failure"] = manifest.get("failure") or {"message": end.get("message")}
-    write_json(mpath, manifest)
-    if status == "failed":
-        raise RunFailed("%s: %s" % (run_dir, manifest["failure"]["message"]))
-    if status == "interrupted":
-        progress.note("%s: interrupted at iteration %d (%s); snapshot saved; continue with --resume"
-                      % (run_dir, manifest["iterations"], end.get("reason")))
-    else:
-        progress.note("%s: finished %d iterations in %.0f s" % (run_dir, it, session_info["wall_seconds"]))
-    return manifest
+    return received, restore
+
+
+def _session(be, manifest, run_dir, s, data, data_root, stop_after, stream, tty, handle_signals):
+    rec = _Recorder(be, manifest, run_dir, s, data, stop_after, stream, tty)
+    job = rec.begin()
+    try:
+        session = be.train(job, data_root)
+    except BaseException:
+        rec.close()
+        raise
+    received, restore = _signals(session, rec.progress, handle_signals)
+    try:
+        try:
+            for event in session.events():
+                rec.event(event.pop("event"), event)
+        except CaeError as exc:
+            rec.end = {"status": "failed", "message": str(exc)}
+    finally:
+        restore()
+        rec.close()
+    return rec.finish(received)
+
+
+def train_batch(runs, net=None, dim=None, mode=None, iters=None, resume=False, force=False, overrides=None,
+                data_root=None, stop_after=None, backend="torch", stream=None, tty=None, handle_signals=True):
+    """Train K runs of one (net, D) that differ only by the seed at once, as one batched
+    computation (torch backend, :mod:`caffe_cae.backends.torch_batch`). ``runs``: [(seed, out)].
+    Each run directory is checked and written exactly as train() does for one run (a run with a
+    manifest is continued when ``resume``); its manifest records ``batched_with`` (the other run
+    directories of the session). Runs already finished are left alone; the others must all be
+    new or all resume from the same iteration. Returns the manifests (in ``runs`` order); raises
+    RunFailed naming the runs that failed (the others are recorded as usual)."""
+    if stop_after is not None and stop_after < 1:
+        raise CaeError("--stop-after: expected a positive iteration, got %s" % stop_after)
+    if len({os.path.abspath(out) for _, out in runs}) != len(runs):
+        raise CaeError("--batch: the same run directory twice")
+    prepared = [_prepare(net, dim, mode, iters, seed, out,
+                         resume and os.path.isfile(os.path.join(out, MANIFEST)), force, overrides, data_root,
+                         backend, stream, tty) for seed, out in runs]
+    todo = [r for r in prepared if "finished" not in r]
+    for r in todo:
+        if getattr(r["be"], "name", None) != "torch" or not hasattr(r["be"], "train_batch"):
+            raise CaeError("--batch: runs are trained batched by the torch backend only (use --backend torch)")
+    starts = {(last_snapshot(r["run_dir"], r["manifest"]) or {}).get("iter", 0) if not r["fresh"] else 0
+              for r in todo}
+    if len(starts) > 1:
+        raise CaeError("--batch: the runs would resume from different iterations (%s); train them separately"
+                       % ", ".join(map(str, sorted(starts))))
+    locks, recs = [], []
+    try:
+        for r in todo:
+            locks.append(_open_run(r))
+        dirs = [r["run_dir"] for r in todo]
+        for r in todo:
+            others = [d for d in dirs if d != r["run_dir"]]
+            recs.append(_Recorder(r["be"], r["manifest"], r["run_dir"], r["s"], r["data"], stop_after, stream, tty,
+                                  extra={"batched_with": others}))
+        if todo:
+            _batch_session(todo[0]["be"], recs, todo[0]["data_root"], todo[0]["mode"], handle_signals)
+    finally:
+        for lock in locks:
+            lock.release()
+    failed, out = [], []
+    for r in prepared:
+        if "finished" in r:
+            out.append(r["finished"])
+            continue
+        try:
+            rec = recs[todo.index(r)]
+            out.append(rec.finish(getattr(rec, "received", [])))
+        except RunFailed as exc:
+            failed.append(str(exc))
+            out.append(r["manifest"])
+    if failed:
+        raise RunFailed("; ".join(failed))
+    return out
+
+
+def _batch_session(be, recs, data_root, mode, handle_signals):
+    """Run the batch worker and route its events (each with ``run``) to the runs' recorders."""
+    jobs = [rec.begin() for rec in recs]
+    first_log = jobs[0]["stderr_log"]
+    offset = os.path.getsize(first_log) if os.path.exists(first_log) else 0
+    try:
+        session = be.train_batch({"mode": mode, "runs": jobs, "stderr_log": first_log}, data_root)
+    except BaseException:
+        for rec in recs:
+            rec.close()
+        raise
+    received, restore = _signals(session, recs[0].progress, handle_signals)
+    try:
+        try:
+            for event in session.events():
+                kind = event.pop("event")
+                if kind == "batch_end":
+                    continue
+                recs[event.pop("run")].event(kind, event)
+        except CaeError as exc:
+            for rec in recs:
+                if rec.end.get("message") == "no end event":
+                    rec.end = {"status": "failed", "message": str(exc)}
+    finally:
+        restore()
+        for rec in recs:
+            rec.close()
+    try:
+        with open(first_log, encoding="utf-8", errors="replace") as f:
+            f.seek(offset)
+            text = f.read()
+        for job in jobs[1:]:  # every run directory gets the worker's messages
+            with open(job["stderr_log"], "a", encoding="utf-8") as f:
+                f.write(text)
+    except OSError:
+        pass
+    for rec in recs:
+        rec.received = received
+    return received
 
 
 def _account(manifest, session_info, t_start, it):

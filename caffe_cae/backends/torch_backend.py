@@ -14,6 +14,7 @@ from . import Backend
 from .caffe_engine import WorkerSession
 
 WORKER = "caffe_cae.backends.torch_worker"
+BATCH_WORKER = "caffe_cae.backends.torch_batch_worker"
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -36,17 +37,22 @@ class TorchBackend(Backend):
                 "device": str(device), "threads": threads(), "mode": mode,
                 "python": sys.version.split()[0], "recipe": None}
 
-    def _start(self, command, job, cwd, stderr_path):
+    def _start(self, command, job, cwd, stderr_path, worker=WORKER):
         env = dict(os.environ)
         env["PYTHONPATH"] = PACKAGE_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        argv = [self.python, "-u", "-m", WORKER, command, json.dumps(job)]
+        argv = [self.python, "-u", "-m", worker, command, json.dumps(job)]
         session = WorkerSession(argv, cwd, stderr_path, env=env)
         return session
 
     def train(self, job, cwd):
         return self._start("train", job, cwd, job["stderr_log"])
+
+    def train_batch(self, job, cwd):
+        """K runs at once (``grid --batch-runs``): job {"mode", "runs": [train jobs], "stderr_log"};
+        events carry ``run`` (see :mod:`caffe_cae.backends.torch_batch_worker`)."""
+        return self._start("train", job, cwd, job["stderr_log"], worker=BATCH_WORKER)
 
     def extract(self, job, cwd):
         return self._start("extract", job, cwd, job["stderr_log"])

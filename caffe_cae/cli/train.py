@@ -38,7 +38,10 @@ def parse_sets(pairs):
               help="caffe (the engine) or torch [default: caffe; with --resume: the run's].")
 @click.option("--stop-after", type=click.IntRange(min=1), default=None,
               help="End this session after that iteration as if interrupted (snapshot; continue with --resume).")
-def cli(net, dim, mode, iters, seed, out, resume, force, sets, data_root, stop_after, backend):
+@click.option("--batch", "batch", multiple=True, metavar="SEED:DIR",
+              help="Train these runs of --net/--dim at once as one batched computation (torch backend; "
+                   "repeatable; what `grid --batch-runs` uses). --resume continues those with a manifest.")
+def cli(net, dim, mode, iters, seed, out, resume, force, sets, data_root, stop_after, backend, batch):
     """Train one net in the Caffe engine: progress bar, log.jsonl, snapshots, manifest.json.
 
     Ctrl-C (or SIGTERM) snapshots and exits (status 130/143); --resume continues with the
@@ -48,6 +51,9 @@ def cli(net, dim, mode, iters, seed, out, resume, force, sets, data_root, stop_a
     from .. import train as train_lib
 
     overrides = run_guarded(parse_sets, sets)
+    if batch:
+        _batch(batch, net, dim, mode, iters, seed, out, resume, force, overrides, data_root, stop_after, backend)
+        return
     try:
         manifest = run_guarded(train_lib.train, net=net, dim=dim, mode=mode, iters=iters, seed=seed, out=out,
                                resume=resume, force=force, overrides=overrides, data_root=data_root,
@@ -58,3 +64,27 @@ def cli(net, dim, mode, iters, seed, out, resume, force, sets, data_root, stop_a
         fail("interrupted", code=130)
     if manifest.get("status") == "interrupted":
         raise SystemExit(EXIT_BY_REASON.get(manifest.get("interrupted_by"), 0))
+
+
+def _batch(batch, net, dim, mode, iters, seed, out, resume, force, overrides, data_root, stop_after, backend):
+    from .. import train as train_lib
+
+    if seed is not None or out is not None:
+        fail("--batch gives each run's seed and directory (SEED:DIR); drop --seed and --out")
+    runs = []
+    for item in batch:
+        text, _, folder = item.partition(":")
+        if not text.isdigit() or not folder:
+            fail("--batch %s: expected SEED:DIR, e.g. 2:runs/model4_d10/run2" % item)
+        runs.append((int(text), folder))
+    try:
+        manifests = run_guarded(train_lib.train_batch, runs, net=net, dim=dim, mode=mode, iters=iters,
+                                resume=resume, force=force, overrides=overrides, data_root=data_root,
+                                stop_after=stop_after, backend=backend or "torch")
+    except train_lib.RunFailed as exc:
+        fail(exc, code=1)
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+    stopped = [m for m in manifests if m.get("status") == "interrupted"]
+    if stopped:
+        raise SystemExit(EXIT_BY_REASON.get(stopped[0].get("interrupted_by"), 0))
