@@ -166,6 +166,54 @@ def stage_argv(stage, run, run_dir, config):
     return base + [stage, run_dir]
 
 
+def resume_point(run_dir):
+    """The iteration a started run continues from (its last snapshot; 0 when none or new)."""
+    manifest = read_json(os.path.join(run_dir, "manifest.json")) or {}
+    iters = [s.get("iter", 0) for s in manifest.get("snapshots") or []
+             if os.path.isfile(os.path.join(run_dir, s.get("caffemodel", "")))
+             and os.path.isfile(os.path.join(run_dir, s.get("solverstate", "")))]
+    return max(iters) if iters else 0
+
+
+def make_batches(out, runs, size):
+    """Units of work, order kept: runs whose training is still to do grouped by (net, D, resume
+    point) into batches of up to ``size`` (trained at once by ``train --batch``); each other run
+    alone. ``size`` 1: every run alone."""
+    units, open_batches = [], {}
+    for run in runs:
+        run_dir = os.path.join(out, run["dir"])
+        if size <= 1 or stage_done(run_dir, "train"):
+            units.append([run])
+            continue
+        key = (run["net"], run["dim"], resume_point(run_dir))
+        unit = open_batches.get(key)
+        if unit is None or len(unit) >= size:
+            unit = open_batches[key] = []
+            units.append(unit)
+        unit.append(run)
+    return units
+
+
+def batch_train_argv(runs, out, config):
+    """``caffe-cae train --batch SEED:DIR ...`` for runs of one (net, D) trained at once."""
+    first = runs[0]
+    argv = [sys.executable, "-m", "caffe_cae", "train", "--net", first["net"], "--dim", str(first["dim"]),
+            "--mode", config["mode"], "--iters", str(config["iters"]), "--backend", config.get("backend", "torch")]
+    for pair in config.get("sets", ()):
+        argv += ["--set", pair]
+    if config.get("data_root"):
+        argv += ["--data-root", config["data_root"]]
+    for run in runs:
+        argv += ["--batch", "%d:%s" % (run["seed"], os.path.join(out, run["dir"]))]
+    if any(train_started(os.path.join(out, run["dir"])) for run in runs):
+        argv.append("--resume")
+    return argv
+
+
+def batch_name(runs):
+    return "%s_d%d_batch%s" % (runs[0]["net"], runs[0]["dim"], "-".join(str(r["seed"]) for r in runs))
+
+
 # -- the state file -------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -343,6 +391,75 @@ def _last_error_line(path):
     return lines[-1][:500] if lines else ""
 
 
+def run_batch(out, runs, config, env, attempts=2, log=print, stopper=None):
+    """Train ``runs`` (one net and D, different seeds) at once with ``train --batch``, tried up to
+    ``attempts`` times for the runs not finished, then extract and analyse each run alone
+    (:func:`run_stages`). Returns {run id: "done" | "failed" | "interrupted"}. The batch's
+    output goes to ``OUT/logs/{net}_d{D}_batch{seeds}.log`` and is appended to every run's log."""
+    stopper = stopper or Stopper()
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    batch_log = os.path.join(out, "logs", batch_name(runs) + ".log")
+    states = (read_json(os.path.join(out, STATE_FILE)) or {}).get("runs", {})
+    results, errors = {}, {}
+    for run in runs:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(out, run["dir"], "failed.json"))
+    pending = [r for r in runs if not stage_done(os.path.join(out, r["dir"]), "train")]
+    for attempt in range(1, attempts + 1):
+        if not pending:
+            break
+        for run in pending:
+            update_run(out, run, status="running", attempt=attempt, host=os.uname().nodename, pid=os.getpid(),
+                       log=os.path.relpath(os.path.join(out, "logs", run["id"] + ".log"), out),
+                       attempts=states.get(run["id"], {}).get("attempts", 0) + attempt,
+                       batched_with=[r["id"] for r in pending if r is not run])
+        argv = batch_train_argv(pending, out, config)
+        ids = ", ".join(r["id"] for r in pending)
+        log(f"[grid] {ids}: train batched (attempt {attempt})")
+        started = time.monotonic()
+        offset = os.path.getsize(batch_log) if os.path.exists(batch_log) else 0
+        with open(batch_log, "a") as f:
+            f.write(f"\n=== {_now()} train attempt {attempt}: {' '.join(map(shlex.quote, argv))}\n")
+            f.flush()
+            rc = stopper.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env)
+            f.write(f"=== {_now()} train exit status {rc} after {time.monotonic() - started:.1f} s\n")
+        with open(batch_log, errors="replace") as f:
+            f.seek(offset)
+            text = f.read()
+        for run in pending:
+            with open(os.path.join(out, "logs", run["id"] + ".log"), "a") as f:
+                f.write(text)
+        if rc is None or rc in INTERRUPTED or stopper.event.is_set():
+            log(f"[grid] {ids}: train interrupted; the next grid continues it")
+            for run in pending:
+                update_run(out, run, status="interrupted", error=None)
+                results[run["id"]] = "interrupted"
+            return results
+        still = []
+        for run in pending:
+            run_dir = os.path.join(out, run["dir"])
+            if stage_done(run_dir, "train"):
+                continue
+            failure = (read_json(os.path.join(run_dir, "manifest.json")) or {}).get("failure") or {}
+            message = failure.get("message") or _last_error_line(batch_log)
+            errors[run["id"]] = {"stage": "train", "exit_status": rc, "attempt": attempt, "message": message}
+            log(f"[grid] {run['id']}: train failed (exit status {rc}): {message}")
+            still.append(run)
+        pending = still
+    for run in runs:
+        if run in pending:
+            run_dir = os.path.join(out, run["dir"])
+            error = errors[run["id"]]
+            if os.path.isdir(run_dir):
+                write_json(os.path.join(run_dir, "failed.json"),
+                           dict(error, attempts=attempts, log=os.path.abspath(batch_log)))
+            update_run(out, run, status="failed", error=error, finished=_now())
+            results[run["id"]] = "failed"
+        else:
+            results[run["id"]] = run_stages(out, run, config, env, attempts, log, stopper)
+    return results
+
+
 # -- the grid -------------------------------------------------------------------------
 
 def prepare(out, plan, config, retry_failed=False):
@@ -423,7 +540,8 @@ def usable_cores():
 
 
 def run_local(out, plan, config, jobs, retry_failed=False, log=print):
-    """Run the grid here with ``jobs`` workers; returns {"done": n, "failed": m, ...}."""
+    """Run the grid here with ``jobs`` workers; returns {"done": n, "failed": m, ...}.
+    ``config["batch_runs"]`` > 1: runs of one (net, D) train at once (:func:`run_batch`)."""
     check_output_dir(out, count_unfinished(out, plan))
     todo = prepare(out, plan, config, retry_failed)
     threads = max(1, usable_cores() // max(1, jobs))
@@ -435,17 +553,20 @@ def run_local(out, plan, config, jobs, retry_failed=False, log=print):
     config = dict(config, threads=threads)
     stopper = Stopper()
 
-    def work(run):
+    def work(unit):
         def say(msg):
             with lock:
                 log(msg)
-        return run_stages(out, run, config, env, log=say, stopper=stopper)
+        if len(unit) > 1:
+            return run_batch(out, unit, config, env, log=say, stopper=stopper)
+        return run_stages(out, unit[0], config, env, log=say, stopper=stopper)
 
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, stopper.stop) if in_main else None
     try:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futures = [pool.submit(work, run) for run in todo]
+            units = make_batches(out, todo, config.get("batch_runs", 1))
+            futures = [pool.submit(work, unit) for unit in units]
             while True:
                 try:
                     if not wait(futures, timeout=1.0).not_done:
@@ -499,7 +620,11 @@ def slurm_scripts(out, todo_file, n_tasks, config, jobs, cpus_per_task=1, partit
 
 def submit_slurm(out, plan, config, jobs, dry_run=False, retry_failed=False, cpus_per_task=1,
                  partition=None, time_limit=None, extra=(), log=print, env=None):
-    """Write the scripts and submit the array and the report job; returns (array_id, report_id)."""
+    """Write the scripts and submit the array and the report job; returns (array_id, report_id).
+    ``--batch-runs`` > 1 is refused (one array task is one run)."""
+    if config.get("batch_runs", 1) > 1:
+        raise CaeError("--batch-runs with --executor slurm: not supported (one array task trains one run); "
+                       "use --executor local or --batch-runs 1")
     if dry_run:
         todo = [r for r in plan if not run_complete(os.path.join(out, r["dir"]))]
         array, report = slurm_scripts(out, os.path.join(os.path.abspath(out), "slurm", "tasks.json"),

@@ -121,3 +121,96 @@ def test_snapshot_restore_and_test_nets(work, tmp_path):
 def test_clip_gradients_is_refused(work):
     with pytest.raises(CaeError, match="clip_gradients"):
         BatchSolver(solver("model4", clip_gradients=10.0), SEEDS, cwd=work)
+
+
+# -- the command line: train --batch, grid --batch-runs -----------------------------------
+
+SCHEDULE = ["--set", "solver.display=5", "--set", "solver.test_interval=10", "--set", "solver.snapshot=5"]
+
+
+def cli(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               CAFFE_CAE_TORCH_ONEDNN="0")
+    return subprocess.run([sys.executable, "-m", "caffe_cae", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+
+
+def read_log(run_dir):
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_batch_interrupted_and_resumed_logs_like_single_runs(work):
+    base = ["train", "--net", "model4", "--dim", "2", "--iters", "12", *SCHEDULE]
+    batch = ["--batch", "1:cli/b1", "--batch", "2:cli/b2"]
+    proc = cli(*base, *batch, "--stop-after", "5", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    for k in (1, 2):
+        m = grid.read_json(os.path.join(work, "cli", "b%d" % k, "manifest.json"))
+        assert m["status"] == "interrupted" and m["iterations"] == 5 and m["backend"] == "torch"
+        assert m["batched_with"] == [os.path.join(work, "cli", "b%d" % (3 - k))]
+    proc = cli(*base, *batch, "--resume", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    for k in (1, 2):
+        proc = cli(*base, "--seed", str(k), "--out", "cli/s%d" % k, "--backend", "torch", cwd=work)
+        assert proc.returncode == 0, proc.stderr
+        batched, single = (read_log(os.path.join(work, "cli", d)) for d in ("b%d" % k, "s%d" % k))
+        assert [(r["iter"], r["phase"]) for r in batched] == [(r["iter"], r["phase"]) for r in single]
+        for a, b in zip(batched, single):
+            for key in b["loss"]:
+                assert rel(a["loss"][key], b["loss"][key]) < 1e-5, (a, b)
+        m = grid.read_json(os.path.join(work, "cli", "b%d" % k, "manifest.json"))
+        assert m["status"] == "finished" and [s["iter"] for s in m["snapshots"]] == [5, 10, 12]
+        assert [x["status"] for x in m["sessions"]] == ["interrupted", "finished"]
+
+
+def test_grid_batch_runs_end_to_end(work):
+    out = os.path.join(work, "g")
+    args = ["grid", "--nets", "model4", "--dims", "2", "--runs", "2", "--iters", "10", "--backend", "torch",
+            "--batch-runs", "2", "--out", out, "--analyze-arg=--folds=2", *SCHEDULE]
+    dry = cli(*args, "--dry-run", cwd=work)
+    assert dry.returncode == 0 and "# batch of 2 runs, trained at once: model4_d2_run1 model4_d2_run2" in dry.stdout
+    assert dry.stdout.count("caffe_cae train ") == 1 and "--batch 1:" in dry.stdout and "--batch 2:" in dry.stdout
+    proc = cli(*args, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("train batched (attempt 1)") == 1
+    state = grid.read_json(os.path.join(out, "grid.json"))
+    assert {k: v["status"] for k, v in state["runs"].items()} == {"model4_d2_run1": "done", "model4_d2_run2": "done"}
+    from caffe_cae.backends.torch_net import TorchNet
+    for seed in (1, 2):
+        run_dir = os.path.join(out, "model4_d2", "run%d" % seed)
+        m = grid.read_json(os.path.join(run_dir, "manifest.json"))
+        assert m["status"] == "finished" and m["seed"] == seed and m["backend"] == "torch"
+        assert m["batched_with"] == [os.path.join(out, "model4_d2", "run%d" % (3 - seed))]
+        assert [(r["iter"], r["phase"]) for r in read_log(run_dir)] == [
+            (5, "train"), (10, "train"), (10, "test-on-train"), (10, "test-on-test")]
+        for name in ("codes.h5", "blobs_digit5.h5", "analysis.json"):
+            assert os.path.isfile(os.path.join(run_dir, name))
+        # the snapshot loads in a single-run torch net, whose codes are the extracted ones
+        import h5py
+        deploy = TorchNet(parse_net(os.path.join(run_dir, "model4_d2_deploy.prototxt")), "test", cwd=work)
+        deploy.set_weights(caffemodel.read_caffemodel(
+            os.path.join(run_dir, "snapshots", "model4_d2_iter_10.caffemodel")))
+        with h5py.File(os.path.join(work, "data", "hdf5", "test.h5"), "r") as f:
+            images = f["data"][:100]
+        with h5py.File(os.path.join(run_dir, "codes.h5"), "r") as f:
+            codes = f["code"][:100]
+        with torch.no_grad():
+            blobs, _ = deploy.forward(inputs={deploy.input_names()[0]: images})
+        assert rel(blobs[m["code_blob"]].reshape(100, -1).numpy(), codes) < 1e-5
+    again = cli(*args, cwd=work)
+    assert again.returncode == 0 and "train batched" not in again.stderr
+
+
+def test_refusals_are_one_line(work):
+    for extra, words in ((["--backend", "caffe"], "--backend torch"),
+                         (["--backend", "torch", "--executor", "slurm", "--dry-run"], "--executor slurm")):
+        proc = cli("grid", "--nets", "model4", "--dims", "2", "--runs", "2", "--batch-runs", "2", *extra,
+                   "--out", os.path.join(work, "refused"), cwd=work)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("caffe-cae: error: --batch-runs")
+        assert words in lines[0]
+    assert not os.path.exists(os.path.join(work, "refused"))
+    proc = cli("train", "--net", "model4", "--dim", "2", "--batch", "1:x", "--batch", "2:x", cwd=work)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "caffe-cae: error: --batch: the same run directory twice"]

@@ -16,6 +16,9 @@ from .options import fail, run_guarded
 @click.option("--mode", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @click.option("--backend", type=click.Choice(["caffe", "torch"]), default="caffe", show_default=True,
               help="caffe (the engine) or torch (PyTorch with Caffe's semantics) for train and extract.")
+@click.option("--batch-runs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train up to K runs (seeds) of the same net and D at once as one batched computation "
+                   "(--backend torch only).")
 @click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs at once (local: workers, each with cores/jobs BLAS threads; slurm: array cap).")
@@ -35,7 +38,7 @@ from .options import fail, run_guarded
 @click.option("--time", "time_limit", default=None, help="Slurm time limit per task, e.g. 12:00:00.")
 @click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
               help="Extra #SBATCH line for both jobs, e.g. --sbatch-arg=--account=abc (repeatable).")
-def cli(nets, dims, runs, iters, mode, backend, executor, jobs, out, dry_run, retry_failed, sets, analyze_args, data_root,
+def cli(nets, dims, runs, iters, mode, backend, batch_runs, executor, jobs, out, dry_run, retry_failed, sets, analyze_args, data_root,
         cpus_per_task, partition, time_limit, sbatch_args):
     """Run train -> extract -> analyze for every (net, D, seed), skipping finished runs, then the report.
 
@@ -47,22 +50,33 @@ def cli(nets, dims, runs, iters, mode, backend, executor, jobs, out, dry_run, re
 
     from .. import grid
 
+    if batch_runs > 1 and backend != "torch":
+        fail(f"--batch-runs {batch_runs}: batched training needs --backend torch (the Caffe engine trains one run "
+             "at a time)")
     plan = run_guarded(lambda: grid.expand(grid.parse_nets(nets), grid.parse_dims(dims), runs))
     config = {"iters": iters, "mode": mode, "sets": list(sets), "analyze_args": list(analyze_args), "backend": backend,
-              "data_root": os.path.abspath(data_root) if data_root else None}
+              "data_root": os.path.abspath(data_root) if data_root else None, "batch_runs": batch_runs}
     if executor == "slurm":
         run_guarded(grid.submit_slurm, out, plan, config, jobs, dry_run=dry_run,
                     retry_failed=retry_failed, cpus_per_task=cpus_per_task, partition=partition,
                     time_limit=time_limit, extra=sbatch_args, log=click.echo)
         return
     if dry_run:
-        for run in plan:
-            run_dir = os.path.join(out, run["dir"])
-            todo = [s for s in grid.STAGES if not grid.stage_done(run_dir, s)]
-            config["threads"] = max(1, grid.usable_cores() // jobs)
-            click.echo(f"# {run['id']}: " + ("finished" if not todo else "to do: " + " ".join(todo)))
-            for stage in todo:
-                click.echo(" ".join(map(shlex.quote, grid.stage_argv(stage, run, run_dir, config))))
+        config["threads"] = max(1, grid.usable_cores() // jobs)
+        for unit in grid.make_batches(out, plan, batch_runs):
+            if len(unit) > 1:
+                click.echo(f"# batch of {len(unit)} runs, trained at once: " + " ".join(r["id"] for r in unit))
+                click.echo(" ".join(map(shlex.quote, grid.batch_train_argv(unit, out, config))))
+            for run in unit:
+                run_dir = os.path.join(out, run["dir"])
+                todo = [s for s in grid.STAGES if not grid.stage_done(run_dir, s)]
+                if len(unit) > 1:
+                    todo = [s for s in todo if s != "train"]
+                    click.echo(f"# {run['id']}: train in the batch above, then: " + " ".join(todo))
+                else:
+                    click.echo(f"# {run['id']}: " + ("finished" if not todo else "to do: " + " ".join(todo)))
+                for stage in todo:
+                    click.echo(" ".join(map(shlex.quote, grid.stage_argv(stage, run, run_dir, config))))
         click.echo(" ".join(map(shlex.quote, grid.report_argv(out, plan))))
         return
     counts = run_guarded(grid.run_local, out, plan, config, jobs, retry_failed=retry_failed,
