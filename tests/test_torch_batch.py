@@ -13,9 +13,11 @@ in conv outputs), which now and then flips a MAX-pooling tie and moves one gradi
 ~1e-4, the same spread as single runs with oneDNN against im2col.
 """
 import json
+import signal
 import os
 import subprocess
 import sys
+import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -214,3 +216,71 @@ def test_refusals_are_one_line(work):
     proc = cli("train", "--net", "model4", "--dim", "2", "--batch", "1:x", "--batch", "2:x", cwd=work)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "caffe-cae: error: --batch: the same run directory twice"]
+
+
+def test_a_failed_run_leaves_the_others_untouched(work):
+    sp = solver("model4")
+    batch = BatchSolver(sp, SEEDS, cwd=work, test_nets=False, onednn=False)
+    with torch.no_grad():
+        batch.net.learnable[2][1].fill_(float("nan"))  # run 2's conv2 weights
+    replays = []
+
+    def check(s):
+        for k in range(2):
+            if not np.isfinite(s.loss[k]):
+                replays.append((s.net.first_nonfinite(k), s.net.first_nonfinite(1 - k)))
+                s.dead.add(k)
+    batch.step(3, on_gradients=check)
+    assert batch.dead == {1} and len(replays) == 1
+    (found, bad), other = replays[0]
+    assert (found["layer"], found["blob"]) == ("conv2", "conv2") and bad == ["conv2[0]"]
+    assert other == (None, [])
+    single = TorchSolver(sp, cwd=work, seed=1, test_nets=False, onednn=False)
+    single.step(3)
+    for (_, a), (_, b) in zip(batch.net.get_weights(0), single.net.get_weights()):
+        for x, y in zip(a, b):
+            assert rel(x, y) < 1e-6
+    assert all(not w[1].any() for w in batch.net.learnable)  # the failed run is zeroed
+
+
+def test_nonfinite_loss_fails_the_runs_in_one_line(work):
+    proc = cli("train", "--net", "model2", "--dim", "2", "--iters", "20", "--set", "net.activation=relu",
+               "--set", "solver.base_lr=10", "--batch", "1:nan/r1", "--batch", "2:nan/r2", cwd=work)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and lines[-1].startswith("caffe-cae: error: "), proc.stderr
+    for k in (1, 2):
+        m = grid.read_json(os.path.join(work, "nan", "r%d" % k, "manifest.json"))
+        assert m["status"] == "failed" and m["failure"]["message"].startswith("non-finite loss at iteration")
+        assert "first non-finite blob" in m["failure"]["message"]
+        assert os.path.join(work, "nan", "r%d" % k) in lines[-1]
+
+
+def test_sigterm_snapshots_every_run_and_resume_finishes(work):
+    schedule = ["--set", "solver.display=5", "--set", "solver.test_interval=50", "--set", "solver.snapshot=50"]
+    base = ["-m", "caffe_cae", "train", "--net", "deep_ae", "--dim", "2", "--iters", "100", *schedule,
+            "--batch", "1:term/r1", "--batch", "2:term/r2"]
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, CAFFE_CAE_TORCH_ONEDNN="0")
+    proc = subprocess.Popen([sys.executable, *base], cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    log = os.path.join(work, "term", "r2", "log.jsonl")
+    for _ in range(600):
+        if os.path.exists(log) and os.path.getsize(log):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    its = set()
+    for k in (1, 2):
+        m = grid.read_json(os.path.join(work, "term", "r%d" % k, "manifest.json"))
+        assert m["status"] == "interrupted" and m["interrupted_by"] == "SIGTERM", m
+        assert m["snapshots"][-1]["iter"] == m["iterations"] < 100
+        its.add(m["iterations"])
+    assert len(its) == 1
+    done = cli(*base[2:], "--resume", cwd=work)
+    assert done.returncode == 0, done.stderr
+    for k in (1, 2):
+        m = grid.read_json(os.path.join(work, "term", "r%d" % k, "manifest.json"))
+        assert m["status"] == "finished" and m["iterations"] == 100
+        keys = [(r["iter"], r["phase"]) for r in read_log(os.path.join(work, "term", "r%d" % k))]
+        assert len(keys) == len(set(keys)) and [i for i, p in keys if p == "train"] == list(range(5, 101, 5))
