@@ -13,9 +13,9 @@ resumed in Caffe from torch's end where the uninterrupted run ends; Caffe loads 
 CHAOTIC cases (Model 5, Siamese, the momentum/iter_size variant): there float32 rounding
 differences grow by orders of magnitude within 100 iterations (Model 5's loss swings
 547 -> 646 -> 280 in its first iterations), so two correct float32 implementations cannot
-agree to 1e-4 at iteration 100: torch against itself with oneDNN on and off differs as much
+agree to 1e-4 at iteration 100: torch against itself with oneDNN and im2col kernels differs as much
 as torch against Caffe. For them the 100-iteration check is that torch-vs-Caffe is within
-3x (floor 1e-4) of torch-vs-torch(oneDNN), i.e. as close as two float32 runs get.
+3x (floor 1e-4) of torch-vs-torch(im2col), i.e. as close as two float32 runs get.
 
 Relative error of an array ``a`` (torch) against ``b`` (Caffe): ``||a - b||_2 / ||b||_2``
 (denominator floored at 1e-30), per blob, per parameter blob, per loss curve. (The
@@ -48,7 +48,7 @@ FWD_TOL = 1e-5
 SGD_TOL = 1e-4
 EARLY = 10
 #: Model 5's encoder is that sensitive from the start: its losses are compared over 5 iterations,
-#: its weights after 5 against torch's own float32 spread (oneDNN on vs off: ~9e-3 there)
+#: its weights after 5 against torch's own float32 spread (oneDNN vs im2col kernels: ~9e-3 there)
 EARLY_AT = {"model5": 5}
 #: cases whose float32 SGD trajectories diverge chaotically (see the module docstring)
 CHAOTIC = {"model5", "siamese", "variant"}
@@ -177,7 +177,7 @@ def test_forward_and_gradients_equal_caffe(setup, key):
     assert worst[name] <= FWD_TOL, {k: v for k, v in worst.items() if v > FWD_TOL}
 
 
-def torch_sgd(case, work, iters, restore=None, skip=0, snapshot_at=(), onednn=False, prefix="torch"):
+def torch_sgd(case, work, iters, restore=None, skip=0, snapshot_at=(), onednn=True, prefix="torch"):
     from caffe_cae.backends.torch_solver import TorchSolver
     solver = TorchSolver(case["solver"], cwd=work, test_nets=False, onednn=onednn)
     if restore:
@@ -230,13 +230,13 @@ def test_sgd_100_iterations_equal_caffe(setup, key):
         assert loss_err <= SGD_TOL
         assert w_err[worst] <= SGD_TOL, {k: v for k, v in w_err.items() if v > SGD_TOL}
         return
-    other, _ = torch_sgd(case, setup["work"], ITERS, onednn=True, snapshot_at=(early,), prefix="torch_onednn")
+    other, _ = torch_sgd(case, setup["work"], ITERS, onednn=False, snapshot_at=(early,), prefix="torch_im2col")
     self_err = max(rel_err(a, b) for (_, xs), (_, ys) in zip(other.net.get_weights(), solver.net.get_weights())
                    for a, b in zip(xs, ys))
     self_early = max(compare_weights(caffemodel.read_caffemodel(os.path.join(case["dir"], "torch_iter_%d.caffemodel"
                                                                              % early)),
-                                     os.path.join(case["dir"], "torch_onednn_iter_%d.caffemodel" % early)).values())
-    print("%s: chaotic: torch vs torch(oneDNN) after %d iterations: %.2e, after %d: %.2e"
+                                     os.path.join(case["dir"], "torch_im2col_iter_%d.caffemodel" % early)).values())
+    print("%s: chaotic: torch vs torch(im2col) after %d iterations: %.2e, after %d: %.2e"
           % (key, early, self_early, ITERS, self_err))
     if key in EARLY_AT:  # chaotic from the start: weights within torch's own float32 spread
         assert max(early_w.values()) <= 3 * max(self_early, SGD_TOL), (max(early_w.values()), self_early)

@@ -227,21 +227,102 @@ class _kernels:
         torch.backends.nnpack.set_flags(self.saved[1])
 
 
+#: reduction length (images x output positions) of one chunk in _weight_grad
+WGRAD_CHUNK = 8192
+
+
+def _gemm_shaped(rows, depth, cols):
+    """Whether im2col's per-image GEMM ``(rows x depth) @ (depth x cols)`` is well shaped:
+    PyTorch's im2col path (Caffe's algorithm) is then about as fast as oneDNN."""
+    return rows >= 16 and depth >= 16 and cols >= 16
+
+
+def _flipped(w, groups):
+    """Weights ``(A, B/g, kh, kw)`` -> ``(B, A/g, kh, kw)`` rotated by 180 degrees: the kernel
+    that turns the adjoint of a stride-1 convolution into a forward convolution."""
+    a, bg, kh, kw = w.shape
+    return (w.reshape(groups, a // groups, bg, kh, kw).transpose(1, 2)
+            .reshape(groups * bg, a // groups, kh, kw).flip(2, 3))
+
+
+def _dnn_conv2d(x, w, b, pad, groups):
+    """A stride-1 forward convolution on oneDNN."""
+    with _kernels(True):
+        return F.conv2d(x, w, b, 1, list(pad), 1, groups)
+
+
+def _weight_grad(inp, gout, kernel, stride, pad, dilation, groups):
+    """The weight gradient ``(O, C/groups, kh, kw)`` of the convolution ``inp (N, C, H, W) ->
+    gout (N, O, Ho, Wo)``, with Caffe's float32 accuracy and oneDNN's speed: a forward
+    convolution of the inputs with the output gradients, the images acting as channels, in
+    one grouped oneDNN call over chunks of at most WGRAD_CHUNK terms (images x output
+    positions) whose partial sums are added in float64. (oneDNN's own weight gradient, like
+    one chunk of the whole batch, accumulates up to 57600 terms in one float32 chain:
+    2-4e-6 from float64, ~10x Caffe's error, which Model 5's tanh code amplifies past 1e-5.
+    PyTorch's im2col weight gradient is as accurate but 2-3x slower and single-threaded.)"""
+    if groups > 1:
+        ci, co = inp.shape[1] // groups, gout.shape[1] // groups
+        return torch.cat([_weight_grad(inp[:, i * ci:(i + 1) * ci], gout[:, i * co:(i + 1) * co], kernel,
+                                       stride, pad, dilation, 1) for i in range(groups)])
+    n_img, c, _, _ = inp.shape
+    o, ho, wo = gout.shape[1:]
+    per = max(1, min(n_img, WGRAD_CHUNK // (ho * wo)))
+    chunks = -(-n_img // per)
+    if chunks * per != n_img:  # zero images add nothing
+        inp = torch.cat([inp, inp.new_zeros((chunks * per - n_img,) + inp.shape[1:])])
+        gout = torch.cat([gout, gout.new_zeros((chunks * per - n_img,) + gout.shape[1:])])
+    x = inp.transpose(0, 1)
+    w = gout.transpose(0, 1).reshape(o, chunks, per, ho, wo).transpose(0, 1).reshape(chunks * o, per, ho, wo)
+    with _kernels(True):
+        r = F.conv2d(x, w, None, list(dilation), list(pad), list(stride), chunks)
+    r = r[:, :, :kernel[0], :kernel[1]].reshape(c, chunks, o, kernel[0], kernel[1])
+    if chunks == 1:
+        return r[:, 0].transpose(0, 1)
+    return r.sum(1, dtype=torch.float64).to(inp.dtype).transpose(0, 1)
+
+
 class _CaffeConv(torch.autograd.Function):
-    """Convolution / deconvolution with Caffe's accuracy on the CPU. NNPACK is never used (its
-    Winograd/FFT transforms give ~1e-7 outputs where Caffe gives exact zeros, which flips MAX
-    pooling ties and so the switches); weight and bias gradients never use oneDNN (its fp32
-    reductions are ~10x less accurate than Caffe's im2col + GEMM, measured against float64).
-    The forward pass and the input gradient use oneDNN only when ``onednn`` is set (faster
-    for some shapes), else PyTorch's im2col + GEMM path, Caffe's own algorithm."""
+    """Convolution / deconvolution on the CPU with Caffe's accuracy (within float32 rounding).
+
+    NNPACK is never used: its Winograd/FFT transforms give ~1e-7 outputs where Caffe gives
+    exact zeros, which flips MAX pooling ties and so the switches. Without ``onednn``
+    everything is PyTorch's im2col + GEMM path, Caffe's own algorithm. With ``onednn`` (the
+    default), each product takes the faster of two kernels of Caffe's accuracy:
+
+    - a convolution's forward pass stays im2col + GEMM where that GEMM is well shaped
+      (:func:`_gemm_shaped`; all of Models 3-5's encoder): that is Caffe's summation order,
+      and a tanh code (Model 5) amplifies any other rounding of the encoder ~100x (oneDNN's
+      direct convolution there puts Model 5's gradients 2.4e-5 from Caffe's); elsewhere
+      (Model 1's 4-map and 8-map layers) oneDNN;
+    - a deconvolution's forward pass and every input gradient are oneDNN forward
+      convolutions (stride 1: the adjoint with the rotated kernel, :func:`_flipped`),
+      ~1e-7 from float64 like Caffe; a deconvolution to fewer than 4 maps (oneDNN is slow
+      there) stays im2col;
+    - the weight gradient is :func:`_weight_grad`, the bias gradient a sum.
+
+    2-10x faster than the im2col path alone on these shapes (whose backward zero-fills
+    large buffers). Strides, dilations or pads >= the kernel take PyTorch's oneDNN
+    convolution for the forward pass and input gradient instead."""
 
     @staticmethod
     def forward(ctx, x, w, b, stride, pad, dilation, groups, transposed, onednn):
         ctx.save_for_backward(x, w)
         ctx.conf = (list(stride), list(pad), list(dilation), transposed, [0, 0], groups)
         ctx.bias_sizes = [b.shape[0]] if b is not None else None
+        kh, kw = w.shape[2:]
+        ctx.simple = (tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and pad[0] < kh and pad[1] < kw)
         ctx.onednn = onednn
-        with _kernels(onednn):
+        full = (kh - 1 - pad[0], kw - 1 - pad[1])
+        if transposed:
+            n_out = w.shape[1]
+            if onednn and ctx.simple and n_out >= 4:
+                return _dnn_conv2d(x, _flipped(w, groups), b, full, groups)
+            use_dnn = onednn and n_out >= 4
+        else:
+            ho = (x.shape[2] + 2 * pad[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+            wo = (x.shape[3] + 2 * pad[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+            use_dnn = onednn and not _gemm_shaped(w.shape[0] // groups, w[0].numel(), ho * wo)
+        with _kernels(use_dnn):
             return torch.ops.aten.convolution(x, w, b, list(stride), list(pad), list(dilation), transposed,
                                               [0, 0], groups)
 
@@ -249,15 +330,31 @@ class _CaffeConv(torch.autograd.Function):
     def backward(ctx, gy):
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = bool(need_b and ctx.bias_sizes)
         gx = gw = gb = None
-        backward = torch.ops.aten.convolution_backward
-        if need_x:
-            with _kernels(ctx.onednn):
-                gx = backward(gy, x, w, ctx.bias_sizes, *ctx.conf, [True, False, False])[0]
-        if need_w or (need_b and ctx.bias_sizes):
+        stride, pad, dilation, transposed, _, groups = ctx.conf
+        if not ctx.onednn:
             with _kernels(False):
-                _, gw, gb = backward(gy, x, w, ctx.bias_sizes, *ctx.conf,
-                                     [False, bool(need_w), bool(need_b and ctx.bias_sizes)])
+                gx, gw, gb = torch.ops.aten.convolution_backward(gy, x, w, ctx.bias_sizes, *ctx.conf,
+                                                                 [bool(need_x), bool(need_w), need_b])
+            return gx, gw, gb, None, None, None, None, None, None
+        if need_x:
+            kh, kw = w.shape[2:]
+            if ctx.simple and transposed:
+                gx = _dnn_conv2d(gy, w, None, pad, groups)
+            elif ctx.simple:
+                gx = _dnn_conv2d(gy, _flipped(w, groups), None, (kh - 1 - pad[0], kw - 1 - pad[1]), groups)
+            else:
+                with _kernels(True):
+                    gx = torch.ops.aten.convolution_backward(gy, x, w, None, *ctx.conf, [True, False, False])[0]
+        if need_w:
+            kernel = tuple(w.shape[2:])
+            if transposed:  # the weight gradient of the adjoint convolution gy -> x
+                gw = _weight_grad(gy, x, kernel, stride, pad, dilation, groups)
+            else:
+                gw = _weight_grad(x, gy, kernel, stride, pad, dilation, groups)
+        if need_b:
+            gb = gy.sum((0, 2, 3))
         return gx, gw, gb, None, None, None, None, None, None
 
 
@@ -843,7 +940,7 @@ class TorchNet:
     ``share_with``: a TorchNet whose parameter blobs are used for layers of the same name
     (Caffe's ShareTrainedLayersWith, as a solver's test nets do); ``h5_cache``: a dict shared
     by nets reading the same single-file HDF5 lists (the arrays are read once, never written);
-    ``onednn``: let convolutions' forward and input gradient use oneDNN (see _CaffeConv).
+    ``onednn``: convolutions run on oneDNN (default), else im2col + GEMM (see _CaffeConv).
 
     Attributes: ``layers`` (Layer objects in order), ``params`` (layer name -> list of
     tensors, as pycaffe's ``net.params``), ``learnable`` (unique parameter tensors in Caffe's
@@ -852,7 +949,7 @@ class TorchNet:
     """
 
     def __init__(self, net_param, phase="train", stages=(), level=0, cwd=".", device="cpu",
-                 generator=None, share_with=None, h5_cache=None, onednn=False):
+                 generator=None, share_with=None, h5_cache=None, onednn=True):
         net_param = modern(net_param)
         self.onednn = bool(onednn)
         self.h5_cache = h5_cache if h5_cache is not None else {}

@@ -82,7 +82,7 @@ class TorchSolver:
     solver's relative paths are resolved against; ``device``: torch device; ``seed``
     overrides ``random_seed``; ``test_nets``: build the test nets; ``onednn``: see TorchNet."""
 
-    def __init__(self, solver, cwd=".", device="cpu", seed=None, test_nets=True, onednn=False):
+    def __init__(self, solver, cwd=".", device="cpu", seed=None, test_nets=True, onednn=True):
         sp = solver if isinstance(solver, pb.SolverParameter) else _parse_solver(solver)
         if sp.type != "SGD" or sp.solver_type != pb.SolverParameter.SGD:
             raise CaeError("solver: type %r: only SGD is supported by the torch backend" % sp.type)

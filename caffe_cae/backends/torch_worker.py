@@ -21,8 +21,8 @@ run with a snapshot), executed by :class:`caffe_cae.backends.torch_solver.TorchS
 Threads: ``torch.set_num_threads`` = ``$CAFFE_CAE_TORCH_THREADS``, else ``$OMP_NUM_THREADS``,
 else the CPU count;
 OpenMP waits passively (``OMP_WAIT_POLICY=PASSIVE`` unless set: spinning threads cost 5-20x
-on a shared, loaded machine). ``CAFFE_CAE_TORCH_ONEDNN=1`` lets convolutions use oneDNN
-(faster for some shapes, further from Caffe's rounding; off by default). Denormal floats
+on a shared, loaded machine). Convolutions run on oneDNN; ``CAFFE_CAE_TORCH_ONEDNN=0``
+selects PyTorch's im2col + GEMM path instead (Caffe's algorithm, 2-3x slower). Denormal floats
 (below 1.2e-38) are flushed to zero on the CPU: Model 5's saturated tanh units make them
 common and they cost ~2x there; ``CAFFE_CAE_TORCH_DENORMALS=1`` keeps them.
 """
@@ -75,8 +75,8 @@ def _setup(mode):
 
 
 def onednn():
-    """``CAFFE_CAE_TORCH_ONEDNN=1``: convolutions may use oneDNN (see torch_net._CaffeConv)."""
-    return os.environ.get("CAFFE_CAE_TORCH_ONEDNN") == "1"
+    """Convolutions on oneDNN unless ``CAFFE_CAE_TORCH_ONEDNN=0`` (see torch_net._CaffeConv)."""
+    return os.environ.get("CAFFE_CAE_TORCH_ONEDNN", "1") != "0"
 
 
 class StopFlag:
