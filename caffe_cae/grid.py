@@ -17,6 +17,10 @@ twice is recorded as failed (``RUN_DIR/failed.json`` and the grid state) and is 
 again unless ``retry_failed``. The grid state ``OUT/grid.json`` (per-run status, attempts,
 error, log) is updated under a lock (``OUT/.grid.lock``) by every worker, local or Slurm.
 
+With ``config["batch_runs"]`` K > 1 (torch backend, local executor), the runs of one
+(net, D) still to train from the same iteration are trained K at a time by one
+``train --batch`` (:func:`make_batches`, :func:`run_batch`); extract and analyze stay per run.
+
 Executors: ``local`` runs ``jobs`` runs at once in this process's threads, each
 subprocess with BLAS/OpenMP threads = cores // jobs; ``slurm`` writes an array script
 (one task per unfinished run, at most ``jobs`` at once) and a report script that depends

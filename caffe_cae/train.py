@@ -19,6 +19,9 @@
 - ``snapshots/{net}_d{D}_iter_K.caffemodel`` and ``.solverstate``; ``engine.log`` (Caffe's
   own messages).
 
+``train_batch(runs, ...)`` trains runs of one (net, D) that differ by the seed at once in the
+torch backend (:mod:`caffe_cae.backends.torch_batch`), each run directory written as above.
+
 Faults: SIGINT/SIGTERM (or ``Session.stop``) snapshot and end the run with status
 ``interrupted``; ``resume=True`` continues from the last snapshot with the same data order
 (see :mod:`caffe_cae.backends.caffe_worker`); a non-finite loss ends the run with status

@@ -7,10 +7,11 @@ SGD iterations end where single torch runs with the same seeds end; (c) a tiny
 snapshots load in single-run torch; (d) the refusals are one line.
 Real torch, real files (tiny MNIST HDF5), no engine needed.
 
-(a) and (b) use the im2col + GEMM kernels (``onednn=False``), where a grouped convolution
-rounds exactly like K single ones. With oneDNN the grouped kernels round differently (~1e-6
-in conv outputs), which now and then flips a MAX-pooling tie and moves one gradient by
-~1e-4, the same spread as single runs with oneDNN against im2col.
+(a) is checked for the default per-run convolutions (oneDNN, as the workers) and for the
+``grouped`` variant on the im2col + GEMM kernels, where a grouped convolution rounds like K
+single ones; oneDNN's grouped kernels round differently (~1e-6 in conv outputs), which now and
+then flips a MAX-pooling tie and moves one gradient by ~1e-4 (model3, model4), the same spread
+as single runs with oneDNN against im2col.
 """
 import json
 import signal
@@ -59,11 +60,13 @@ def solver(net, **changes):
     return sp
 
 
+@pytest.mark.parametrize("kernels", ["per-run", "grouped"])
 @pytest.mark.parametrize("net", ["model4", "deep_ae", "model3", "siamese"])
-def test_wide_net_equals_single_nets(work, net):
+def test_wide_net_equals_single_nets(work, net, kernels):
     sp = solver(net)
-    batch = BatchSolver(sp, SEEDS, cwd=work, test_nets=False, onednn=False)
-    singles = [TorchSolver(sp, cwd=work, seed=s, test_nets=False, onednn=False) for s in SEEDS]
+    onednn = kernels == "per-run"  # the grouped kernels on im2col (see the module docstring)
+    batch = BatchSolver(sp, SEEDS, cwd=work, test_nets=False, onednn=onednn, grouped=kernels == "grouped")
+    singles = [TorchSolver(sp, cwd=work, seed=s, test_nets=False, onednn=onednn) for s in SEEDS]
     for k, single in enumerate(singles):  # the stacked start is each seed's own start
         for (name, a), (_, b) in zip(batch.net.get_weights(k), single.net.get_weights()):
             for x, y in zip(a, b):
@@ -85,11 +88,11 @@ def test_wide_net_equals_single_nets(work, net):
 @pytest.mark.parametrize("net", ["deep_ae", "model4"])
 def test_20_batched_sgd_iterations_equal_single_runs(work, net):
     sp = solver(net, momentum=0.9)
-    batch = BatchSolver(sp, SEEDS, cwd=work, test_nets=False, onednn=False)
+    batch = BatchSolver(sp, SEEDS, cwd=work, test_nets=False)
     batch.step(20)
     worst = 0.0
     for k, seed in enumerate(SEEDS):
-        single = TorchSolver(sp, cwd=work, seed=seed, test_nets=False, onednn=False)
+        single = TorchSolver(sp, cwd=work, seed=seed, test_nets=False)
         single.step(20)
         for (name, a), (_, b) in zip(batch.net.get_weights(k), single.net.get_weights()):
             for x, y in zip(a, b):
@@ -131,8 +134,7 @@ SCHEDULE = ["--set", "solver.display=5", "--set", "solver.test_interval=10", "--
 
 
 def cli(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               CAFFE_CAE_TORCH_ONEDNN="0")
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "caffe_cae", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
 
@@ -259,7 +261,7 @@ def test_sigterm_snapshots_every_run_and_resume_finishes(work):
     schedule = ["--set", "solver.display=5", "--set", "solver.test_interval=50", "--set", "solver.snapshot=50"]
     base = ["-m", "caffe_cae", "train", "--net", "deep_ae", "--dim", "2", "--iters", "100", *schedule,
             "--batch", "1:term/r1", "--batch", "2:term/r2"]
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT, CAFFE_CAE_TORCH_ONEDNN="0")
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     proc = subprocess.Popen([sys.executable, *base], cwd=work, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, universal_newlines=True)
     log = os.path.join(work, "term", "r2", "log.jsonl")

@@ -9,9 +9,13 @@ blobs made only by data layers (data, label, flatdata, sim, Slices of data) stay
 ``WideNet`` runs the layers of an ordinary :class:`TorchNet` (its template: filtering,
 shapes, data sources, layer code) with stacked parameters of shape ``(K, *caffe_shape)``:
 
-- Convolution / Deconvolution on a stacked bottom: the K weights concatenated along dim 0
-  and ``group`` K*g (PyTorch's grouped (transposed) convolution, through torch_net's
-  ``_CaffeConv``); Convolution on a shared bottom: concatenated weights, group 1 only;
+- Convolution / Deconvolution on a stacked bottom: by default one convolution per run on its
+  block (torch_net's ``_CaffeConv``, the single net's kernels and shapes), concatenated;
+  with ``grouped`` (or ``CAFFE_CAE_BATCH_GROUPED=1``) ONE grouped (transposed) convolution,
+  weights concatenated along dim 0 and ``group`` K*g. Measured on this 2-core CPU, the
+  grouped kernels were 1.3-3.5x slower per run than the single ones (oneDNN runs large
+  grouped deconvolutions on a slow path) and round differently, so per-run is the default;
+  Convolution on a shared bottom: one convolution with concatenated weights (group 1 only);
 - InnerProduct (``axis: 1``): shared bottom, one matmul with weights (K*F_out, F_in);
   stacked bottom, a batched matmul over the K runs;
 - Pooling, Unpooling (with a stacked mask), Sigmoid, TanH, ReLU, Split: channel-wise, run
@@ -34,7 +38,7 @@ run's gradients, not elementwise), Deconvolution or a grouped Convolution on a s
 bottom, InnerProduct with ``axis`` != 1, Slice / Flatten from axis 0 / other Reshapes of a
 stacked blob, any other layer type on a stacked blob, test-only layers with parameters,
 ``share_mode: PERMISSIVE`` sharing with a different shape. Batched sums are not bitwise a
-single net's (grouped kernels, bmm): equal within float32 rounding (tests: 1e-5).
+single net's (bmm, grouped kernels): equal within float32 rounding (tests: 1e-5).
 """
 import os
 
@@ -62,9 +66,11 @@ class WideNet:
     ``nets``: K TorchNets of the same NetParameter and state (their learnables are stacked;
     ``nets[0]`` is the template whose layers and data sources run); or ``template`` with
     ``share_with`` (a WideNet whose stacked parameters it uses, as a solver's test nets).
+    ``grouped``: stacked convolutions as one grouped convolution instead of one per run
+    (default: ``CAFFE_CAE_BATCH_GROUPED=1``, else per run; test nets follow ``share_with``).
     """
 
-    def __init__(self, nets=None, template=None, share_with=None):
+    def __init__(self, nets=None, template=None, share_with=None, grouped=None):
         if nets:
             self.template = nets[0]
             self.runs = len(nets)
@@ -89,6 +95,9 @@ class WideNet:
                                "(test-only layers with parameters, or PERMISSIVE sharing with another "
                                "shape, cannot be batched)" % name) from None
         self.onednn = self.template.onednn
+        if grouped is None:
+            grouped = share_with.grouped if share_with is not None else os.environ.get("CAFFE_CAE_BATCH_GROUPED") == "1"
+        self.grouped = bool(grouped)
 
     # running ------------------------------------------------------------------
     def _wide(self, layer, bottoms, wide, params):
@@ -97,6 +106,12 @@ class WideNet:
         if kind in ("Convolution", "Deconvolution"):
             w = params[0]
             weight = w.reshape((runs * w.shape[1],) + tuple(w.shape[2:]))
+            if wide[0] and not self.grouped:
+                outs = [_CaffeConv.apply(run_view(bottoms[0], k, runs).contiguous(), w[k],
+                                         params[1][k] if layer.bias_term else None, layer.stride, layer.pad,
+                                         layer.dilation, layer.group, layer.deconv, self.onednn)
+                        for k in range(runs)]
+                return [torch.cat(outs, 1)]
             if wide[0]:
                 groups = runs * layer.group
             elif layer.deconv or layer.group != 1:
@@ -233,11 +248,11 @@ class WideNet:
 
 class BatchSolver:
     """Caffe's SGD for K runs at once. See the module docstring. ``seeds``: one random_seed
-    per run (>= 0); ``onednn``, ``device``, ``test_nets`` as TorchSolver."""
+    per run (>= 0); ``onednn``, ``device``, ``test_nets`` as TorchSolver; ``grouped``: see WideNet."""
 
     apply_update = TorchSolver.apply_update  # elementwise: the same code on stacked tensors
 
-    def __init__(self, solver, seeds, cwd=".", device="cpu", test_nets=True, onednn=True):
+    def __init__(self, solver, seeds, cwd=".", device="cpu", test_nets=True, onednn=True, grouped=None):
         sp = solver if isinstance(solver, pb.SolverParameter) else _parse_solver(solver)
         if sp.type != "SGD" or sp.solver_type != pb.SolverParameter.SGD:
             raise CaeError("solver: type %r: only SGD is supported by the torch backend" % sp.type)
@@ -256,7 +271,7 @@ class BatchSolver:
         nets = [TorchNet(net_param, "train", stages=list(ts.stage), level=ts.level, cwd=cwd, device=self.device,
                          generator=torch.Generator().manual_seed(s), h5_cache=cache, onednn=onednn)
                 for s in seeds]
-        self.net = WideNet(nets)
+        self.net = WideNet(nets, grouped=grouped)
         del nets
         self.test_nets = []
         if test_nets:
@@ -288,7 +303,7 @@ class BatchSolver:
                 total += sum(v.detach().double() for v in losses.values()).cpu()
             self.loss = [float(v) / size for v in total]
             self.losses = [{top: float(blobs[top].detach()[k]) if self.net.how[top] == "runs"
-                            else float(losses[top][k] / self.losses_weight(top))
+                            else float(losses[top][k]) / self.net.losses[top]
                             for top in self.net.losses} for k in range(self.runs)]
             if on_gradients is not None and on_gradients(self) is False:
                 return False
@@ -300,9 +315,6 @@ class BatchSolver:
                             w[k].zero_()
                             h[k].zero_()
         return True
-
-    def losses_weight(self, top):
-        return self.net.losses[top]
 
     def test(self, index, batches):
         """Per run: the mean of each loss top of test net ``index`` over ``batches`` passes."""
