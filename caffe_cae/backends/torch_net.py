@@ -255,8 +255,8 @@ def _weight_grad(inp, gout, kernel, stride, pad, dilation, groups):
     """The weight gradient ``(O, C/groups, kh, kw)`` of the convolution ``inp (N, C, H, W) ->
     gout (N, O, Ho, Wo)``, with Caffe's float32 accuracy and oneDNN's speed: a forward
     convolution of the inputs with the output gradients, the images acting as channels, in
-    one grouped oneDNN call over chunks of at most WGRAD_CHUNK terms (images x output
-    positions) whose partial sums are added in float64. (oneDNN's own weight gradient, like
+    one grouped oneDNN call over equal chunks of at most WGRAD_CHUNK terms (images x
+    output positions) whose partial sums are added in float64. (oneDNN's own weight gradient, like
     one chunk of the whole batch, accumulates up to 57600 terms in one float32 chain:
     2-4e-6 from float64, ~10x Caffe's error, which Model 5's tanh code amplifies past 1e-5.
     PyTorch's im2col weight gradient is as accurate but 2-3x slower and single-threaded.)"""
@@ -266,11 +266,10 @@ def _weight_grad(inp, gout, kernel, stride, pad, dilation, groups):
                                        stride, pad, dilation, 1) for i in range(groups)])
     n_img, c, _, _ = inp.shape
     o, ho, wo = gout.shape[1:]
-    per = max(1, min(n_img, WGRAD_CHUNK // (ho * wo)))
-    chunks = -(-n_img // per)
-    if chunks * per != n_img:  # zero images add nothing
-        inp = torch.cat([inp, inp.new_zeros((chunks * per - n_img,) + inp.shape[1:])])
-        gout = torch.cat([gout, gout.new_zeros((chunks * per - n_img,) + gout.shape[1:])])
+    chunks = -(-n_img * ho * wo // WGRAD_CHUNK)
+    while n_img % chunks:  # equal chunks: the smallest divisor of the batch size that is large enough
+        chunks += 1
+    per = n_img // chunks
     x = inp.transpose(0, 1)
     w = gout.transpose(0, 1).reshape(o, chunks, per, ho, wo).transpose(0, 1).reshape(chunks * o, per, ho, wo)
     with _kernels(True):
@@ -594,6 +593,13 @@ class ConvLayer(Layer):
 
     def forward(self, bottoms):
         b = self.blobs[1] if self.bias_term else None
+        x, w = bottoms[0], self.blobs[0]
+        if (self.deconv and self.net.onednn and x.shape[2:] == (1, 1) and self.pad == (0, 0)
+                and self.group == 1 and self.dilation == (1, 1)):
+            # a deconvolution of a 1x1 map (Models 1-5's deconv2) is a fully-connected layer: one GEMM
+            n, kh, kw = x.shape[0], w.shape[2], w.shape[3]
+            y = x.reshape(n, -1).mm(w.reshape(w.shape[0], -1)).reshape(n, w.shape[1], kh, kw)
+            return [y + b.reshape(1, -1, 1, 1) if b is not None else y]
         return [_CaffeConv.apply(bottoms[0], self.blobs[0], b, self.stride, self.pad, self.dilation,
                                  self.group, self.deconv, self.net.onednn)]
 
