@@ -7,6 +7,7 @@ DIM    ?= 10
 MODE   ?= cpu
 ITERS  ?= 50000
 RUN    ?= 1
+BACKEND ?=          # caffe (the engine; the default) or torch (PyTorch, Caffe's semantics)
 NET    ?= $(if $(filter siamese deep_ae,$(MODEL)),$(MODEL),model$(MODEL))
 
 CAE := $(VENV)/bin/caffe-cae
@@ -52,8 +53,8 @@ engine: setup
 # Ctrl-C snapshots and stops; RESUME=1 continues RUN_DIR as recorded; FORCE=1 overwrites a finished run.
 RUN_DIR ?= runs/$(NET)_d$(DIM)_run$(RUN)
 train: data
-	$(CAE) train --out $(RUN_DIR) $(if $(RESUME),--resume,--net $(NET) --dim $(DIM) --mode $(MODE) \
-	  --iters $(ITERS) --seed $(RUN) $(if $(FORCE),--force)) $(TRAIN_ARGS)
+	$(CAE) train --out $(RUN_DIR) $(if $(BACKEND),--backend $(BACKEND)) $(if $(RESUME),--resume,--net $(NET) --dim $(DIM) \
+	  --mode $(MODE) --iters $(ITERS) --seed $(RUN) $(if $(FORCE),--force)) $(TRAIN_ARGS)
 
 # ms per SGD iteration of every net (D=10) in the engine, and the harness's own costs.
 bench: setup
@@ -66,17 +67,19 @@ QUICK_ITERS ?= 300
 JOBS        ?= 2
 EXECUTOR    ?= local
 GRID_OUT    ?= runs/paper
+QUICK_OUT   ?= runs/quick$(if $(filter torch,$(BACKEND)),_torch)
+BATCH_RUNS  ?= 1
 reproduce: setup engine data prototxt
-	$(CAE) grid --nets all --dims paper --runs 3 --iters 50000 --mode $(MODE) \
-	  --executor $(EXECUTOR) --jobs $(JOBS) --out $(GRID_OUT)
+	$(CAE) grid --nets all --dims paper --runs 3 --iters 50000 --mode $(MODE) $(if $(BACKEND),--backend $(BACKEND)) \
+	  --batch-runs $(BATCH_RUNS) --executor $(EXECUTOR) --jobs $(JOBS) --out $(GRID_OUT)
 
 # The short grid: every net at D=10 and D=2, one run each, QUICK_ITERS iterations; its
 # train-stage loss is measured on the first 10000 training images (the paper: all 60000)
 # and its classifiers are cross-validated with 3 folds (the paper: 10).
 reproduce-quick: setup engine data prototxt
-	$(CAE) grid --nets all --dims 10,2 --runs 1 --iters $(QUICK_ITERS) --mode $(MODE) \
-	  --jobs $(JOBS) --out runs/quick --set data.train_size=10000 --analyze-arg=--folds=3
-	@echo "The report: $(CURDIR)/runs/quick/report/index.html"
+	$(CAE) grid --nets all --dims 10,2 --runs 1 --iters $(QUICK_ITERS) --mode $(MODE) $(if $(BACKEND),--backend $(BACKEND)) \
+	  --jobs $(JOBS) --out $(QUICK_OUT) --set data.train_size=10000 --analyze-arg=--folds=3
+	@echo "The report: $(CURDIR)/$(QUICK_OUT)/report/index.html"
 
 # Tables 1-3 and the Section 5.1 compression figures, from the generated files (D = 2).
 tables: setup

@@ -85,7 +85,7 @@ def extract(run_dir, split="test", backend=None, stream=None, blobs=True):
         "stderr_log": os.path.join(run_dir, "engine.log"),
     }
     be = resolve_backend(backend or manifest.get("backend", "caffe").split("+")[-1])
-    be.info(job["mode"])
+    job["attrs"]["extract_backend"] = be.info(job["mode"]).get("backend") or ""
     t0 = time.time()
     result = {}
     tty = hasattr(stream, "isatty") and stream.isatty()

@@ -46,6 +46,24 @@ def _final_losses(run_dir):
     return last
 
 
+def _extract_backend(run_dir):
+    """The backend that computed the run's codes (codes.h5 attribute), or None."""
+    try:
+        import h5py
+        with h5py.File(os.path.join(run_dir, "codes.h5"), "r") as f:
+            value = f.attrs.get("extract_backend")
+    except (OSError, ValueError):
+        return None
+    return value.decode() if isinstance(value, bytes) else (str(value) if value else None)
+
+
+def backend_label(record):
+    """``torch``, or ``caffe / torch`` when training and extraction ran in different backends."""
+    train_be = record.get("backend") or "caffe"
+    extract_be = record.get("extract_backend")
+    return train_be if extract_be in (None, train_be) else "%s / %s" % (train_be, extract_be)
+
+
 def read_run(run_dir):
     """One run as a flat record for the tables."""
     manifest = _load_json(os.path.join(run_dir, "manifest.json")) or {}
@@ -74,6 +92,7 @@ def read_run(run_dir):
         "caffe_version": (engine.get("caffe_version") if isinstance(engine, dict) else None)
         or manifest.get("caffe_version"),
         "mode": manifest.get("mode"), "backend": manifest.get("backend", "caffe"),
+        "extract_backend": _extract_backend(run_dir),
         "train": train if all(v is not None for v in train) else None,
         "test": test if all(v is not None for v in test) else None,
         "linear_error": analysis.get("linear_error"), "mlp_error": analysis.get("mlp_error"),
@@ -127,6 +146,7 @@ def groups(records, paper=None):
                "failed": [r["name"] for r in runs if r["status"] == "failed"],
                "short": any((r["iterations"] or 0) < PAPER_ITERS for r in ok),
                "iterations": sorted({r["iterations"] for r in ok if r["iterations"]}),
+               "backend": sorted({backend_label(r) for r in ok}),
                "paper": reference}
         for key in ("linear_error", "mlp_error", "sparsity"):
             row[key] = _stats([r[key] for r in ok])
@@ -153,6 +173,7 @@ def timing_rows(records, paper=None):
         rows.append({"net": net, "minutes": minutes, "projected_minutes": projected,
                      "iterations": sorted({r["iterations"] for r in runs}),
                      "mode": sorted({str(r["mode"]) for r in runs}),
+                     "backend": sorted({r["backend"] or "caffe" for r in runs}),
                      "paper": {system["name"]: system["minutes"].get(net) for system in paper["table5"].values()}})
     order = {net: i for i, net in enumerate(paper["nets"])}
     return sorted(rows, key=lambda r: order.get(r["net"], 99))
@@ -186,8 +207,8 @@ def _loss_cell(row, which):
 
 def table4(rows):
     """Table 4 as (header, body rows) of strings."""
-    header = ["Net", "D", "Runs", "Iterations", "Loss train (ours)", "Loss train (paper)", "Loss test (ours)",
-              "Loss test (paper)", "Linear % (ours)", "paper", "diff", "MLP % (ours)", "paper", "diff",
+    header = ["Net", "D", "Runs", "Iterations", "Backend", "Loss train (ours)", "Loss train (paper)",
+              "Loss test (ours)", "Loss test (paper)", "Linear % (ours)", "paper", "diff", "MLP % (ours)", "paper", "diff",
               "Sparsity % (ours)", "paper", "diff"]
     body = []
     for row in rows:
@@ -200,7 +221,8 @@ def table4(rows):
             runs += f" ({len(row['failed'])} failed: {', '.join(row['failed'])})"
         train, train_ref = _loss_cell(row, "train")
         test, test_ref = _loss_cell(row, "test")
-        cells = [str(row["net"]), str(row["dim"]), runs, iters, train, train_ref, test, test_ref]
+        cells = [str(row["net"]), str(row["dim"]), runs, iters, ", ".join(row["backend"]) or "n/a",
+                 train, train_ref, test, test_ref]
         for key in ("linear_error", "mlp_error", "sparsity"):
             cells += [_fmt(row[key]), "" if ref.get(key) is None else f"{ref[key]:.2f}", _diff(row[key], ref.get(key))]
         body.append(cells)
@@ -210,12 +232,12 @@ def table4(rows):
 def table5(rows, paper=None):
     paper = paper or paper_lib.load()
     systems = [system["name"] for system in paper["table5"].values()]
-    header = ["Net", "Iterations", "Mode", "Minutes per run (ours)", "Projected to 50000 it."] + \
+    header = ["Net", "Iterations", "Mode", "Backend", "Minutes per run (ours)", "Projected to 50000 it."] + \
         [f"paper: {name}" for name in systems]
     body = []
     for row in rows:
         body.append([row["net"], ", ".join(map(str, row["iterations"])), ", ".join(row["mode"]),
-                     f"{row['minutes']:.1f}", f"{row['projected_minutes']:.0f}"] +
+                     ", ".join(row["backend"]), f"{row['minutes']:.1f}", f"{row['projected_minutes']:.0f}"] +
                     ["" if row["paper"].get(name) is None else str(row["paper"][name]) for name in systems])
     return header, body
 
@@ -274,7 +296,9 @@ def build(run_dirs, out_dir, paper=None):
           "## Conditions", ""] + cond_lines + [
           "", "## Table 4: losses (train / test stage), classification errors, sparsity", "",
           "Losses: cross-entropy; Euclidean (Siamese: contrastive), mean ± sd over runs; the paper's "
-          "column is the mean of its three runs. Runs shorter than 50000 iterations are marked short.", "",
+          "column is the mean of its three runs. Runs shorter than 50000 iterations are marked short. "
+          "Backend: what trained the runs (losses) and, after ' / ' when it differs, what extracted their "
+          "codes (errors, sparsity).", "",
           _markdown_table(*t4), "", "## Table 5: training time", "", _markdown_table(*t5), "", "## Figures", ""]
     md += [f"![{record['net']} D={record['dim']} {record['name']}: {os.path.basename(rel)}]({rel})"
            for record, rel in figures]

@@ -46,6 +46,7 @@ def test_codes_shapes_and_attrs(trained_runs, extracted, net):
         assert f.attrs["net"] == net and f.attrs["dim"] == 2 and f.attrs["split"] == "test"
         assert f.attrs["iteration"] == ITERS and f.attrs["run_status"] == "finished"
         assert f.attrs["stage"] == "test-on-test"
+        assert f.attrs["backend"] == "caffe" and f.attrs["extract_backend"] == "caffe"
 
 
 def _test_h5(trained_runs):

@@ -120,3 +120,27 @@ def test_failed_before_training_and_failed_stage(tmp_path):
     header, rows = data["table4"]["header"], data["table4"]["rows"]
     assert len(rows) == 1 and rows[0][:2] == ["model2", "10"]
     assert "2 failed" in rows[0][header.index("Runs")]
+
+
+def test_backend_of_each_row(tmp_path):
+    """Table 4 and 5 say which backend trained each row's runs and, when it differs, which
+    extracted their codes (codes.h5 attribute ``extract_backend``)."""
+    import h5py
+    root = tmp_path / "runs"
+    caffe_run = _fake_run(root, "model4", 10, 1)
+    mixed = _fake_run(root, "model3", 2, 1)
+    torch_run = _fake_run(root, "deep_ae", 2, 1)
+    for run, trained, extracted in ((mixed, "torch", "caffe"), (torch_run, "torch", "torch")):
+        manifest = json.loads(open(os.path.join(run, "manifest.json")).read())
+        manifest["backend"] = trained
+        open(os.path.join(run, "manifest.json"), "w").write(json.dumps(manifest))
+        with h5py.File(os.path.join(run, "codes.h5"), "w") as f:
+            f.attrs["extract_backend"] = extracted
+    report.build([caffe_run, mixed, torch_run], str(tmp_path / "report"))
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    header, rows = data["table4"]["header"], data["table4"]["rows"]
+    backend = {r[0]: r[header.index("Backend")] for r in rows}
+    assert backend == {"model4": "caffe", "model3": "torch / caffe", "deep_ae": "torch"}
+    header5, rows5 = data["table5"]["header"], data["table5"]["rows"]
+    assert {r[0]: r[header5.index("Backend")] for r in rows5} == {"model4": "caffe", "model3": "torch",
+                                                                 "deep_ae": "torch"}
