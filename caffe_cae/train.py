@@ -724,8 +724,10 @@ def train_batch(runs, net=None, dim=None, mode=None, iters=None, resume=False, f
         dirs = [r["run_dir"] for r in todo]
         for r in todo:
             others = [d for d in dirs if d != r["run_dir"]]
-            recs.append(_Recorder(r["be"], r["manifest"], r["run_dir"], r["s"], r["data"], stop_after, stream, tty,
-                                  extra={"batched_with": others}))
+            rec = _Recorder(r["be"], r["manifest"], r["run_dir"], r["s"], r["data"], stop_after, stream, tty,
+                            extra={"batched_with": others})
+            rec.progress.label += " seed %s" % r["manifest"]["seed"]
+            recs.append(rec)
         if todo:
             _batch_session(todo[0]["be"], recs, todo[0]["data_root"], todo[0]["mode"], handle_signals)
     finally:
