@@ -657,6 +657,30 @@ def _window(p, name, allow_global):
     return k, s, pad
 
 
+class _MaxPool(torch.autograd.Function):
+    """PyTorch's MAX pooling (Caffe's rule: the first maximum of the window in row-major
+    order, flat index ``h*W+w``) with the forward pass on a channels-last copy on the CPU,
+    ~4x faster there than on NCHW; the backward pass routes the gradient by the indices."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, pad):
+        src = x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
+        y, idx = F.max_pool2d(src, kernel, stride, pad, ceil_mode=True, return_indices=True)
+        y, idx = y.contiguous(), idx.contiguous()
+        ctx.save_for_backward(x, idx)
+        ctx.conf = (list(kernel), list(stride), list(pad))
+        ctx.mark_non_differentiable(idx)
+        return y, idx
+
+    @staticmethod
+    def backward(ctx, gy, _gidx):
+        x, idx = ctx.saved_tensors
+        kernel, stride, pad = ctx.conf
+        gx = torch.ops.aten.max_pool2d_with_indices_backward(gy.contiguous(), x, kernel, stride, pad, [1, 1],
+                                                             True, idx)
+        return gx, None, None, None
+
+
 class PoolingLayer(Layer):
     def __init__(self, lp, net):
         super().__init__(lp, net)
@@ -695,8 +719,7 @@ class PoolingLayer(Layer):
     def forward(self, bottoms):
         x = bottoms[0]
         if self.method == pb.PoolingParameter.MAX:
-            y, idx = F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True,
-                                  return_indices=True)
+            y, idx = _MaxPool.apply(x, self.kernel, self.stride, self.pad)
             out = [y, idx.to(x.dtype)] if len(self.tops) == 2 else [y]
         else:
             y = F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True,
@@ -857,7 +880,7 @@ class _CaffeSigmoid(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         y, = ctx.saved_tensors
-        return gy * y * (1 - y)
+        return (gy * y).mul_(1 - y)
 
 
 class SigmoidLayer(Layer):
