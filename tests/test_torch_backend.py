@@ -374,3 +374,39 @@ def test_train_resume_extract_with_torch_cli(tmp_path):
         assert gpu.returncode == 2
         assert gpu.stderr.strip().splitlines()[-1].startswith("caffe-cae: --mode gpu: PyTorch sees no CUDA GPU") or \
             "PyTorch sees no CUDA GPU" in gpu.stderr, gpu.stderr
+
+
+#: (transposed, groups, stride, pad, kernel, C_in, C_out, H): the nets' shapes, and what the
+#: kernels' fallbacks cover (groups, strides, pads, 1x1 maps, a 17x17 kernel, a single map)
+KERNEL_CASES = [(False, 1, 1, 0, 5, 3, 6, 10), (False, 2, 1, 1, 3, 4, 6, 9), (True, 1, 1, 0, 5, 3, 6, 7),
+                (True, 2, 1, 1, 3, 4, 6, 7), (False, 1, 2, 1, 3, 3, 4, 9), (True, 1, 2, 0, 3, 3, 4, 5),
+                (False, 3, 1, 2, 5, 3, 6, 8), (True, 3, 1, 0, 4, 6, 3, 1), (True, 1, 1, 0, 17, 4, 4, 12),
+                (True, 1, 1, 0, 5, 26, 1, 24), (False, 1, 1, 0, 5, 26, 36, 12), (False, 1, 1, 0, 5, 1, 26, 28)]
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "im2col"])
+@pytest.mark.parametrize("case", KERNEL_CASES)
+def test_conv_kernels_equal_float64(case, onednn):
+    """Every kernel path of torch_net._CaffeConv (output, input, weight and bias gradients) is
+    within float32 rounding (2e-6 relative) of float64 autograd."""
+    need_torch()
+    import torch
+    import torch.nn.functional as F
+    from caffe_cae.backends.torch_net import _CaffeConv
+    transposed, groups, stride, pad, k, c_in, c_out, h = case
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20, c_in, h, h, dtype=torch.float64, generator=gen, requires_grad=True)
+    shape = (c_in, c_out // groups, k, k) if transposed else (c_out, c_in // groups, k, k)
+    w = torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(c_out, dtype=torch.float64, generator=gen, requires_grad=True)
+    if transposed:
+        y = F.conv_transpose2d(x, w, b, stride, pad, 0, groups)
+    else:
+        y = F.conv2d(x, w, b, stride, pad, 1, groups)
+    gy = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+    ref = (y,) + torch.autograd.grad(y, (x, w, b), gy)
+    xf, wf, bf = [v.detach().float().requires_grad_() for v in (x, w, b)]
+    yf = _CaffeConv.apply(xf, wf, bf, (stride, stride), (pad, pad), (1, 1), groups, transposed, onednn)
+    got = (yf,) + torch.autograd.grad(yf, (xf, wf, bf), gy.float())
+    errs = [float((a.double() - r).norm() / r.norm()) for a, r in zip(got, ref)]
+    assert max(errs) < 2e-6, dict(zip(["y", "gx", "gw", "gb"], errs))

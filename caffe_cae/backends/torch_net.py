@@ -266,7 +266,7 @@ def _weight_grad(inp, gout, kernel, stride, pad, dilation, groups):
                                        stride, pad, dilation, 1) for i in range(groups)])
     n_img, c, _, _ = inp.shape
     o, ho, wo = gout.shape[1:]
-    chunks = -(-n_img * ho * wo // WGRAD_CHUNK)
+    chunks = min(n_img, -(-n_img * ho * wo // WGRAD_CHUNK))
     while n_img % chunks:  # equal chunks: the smallest divisor of the batch size that is large enough
         chunks += 1
     per = n_img // chunks
