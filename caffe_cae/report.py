@@ -208,8 +208,8 @@ def _loss_cell(row, which):
 def table4(rows):
     """Table 4 as (header, body rows) of strings."""
     header = ["Net", "D", "Runs", "Iterations", "Backend", "Loss train (ours)", "Loss train (paper)",
-              "Loss test (ours)", "Loss test (paper)", "Linear % (ours)", "paper", "diff", "MLP % (ours)", "paper", "diff",
-              "Sparsity % (ours)", "paper", "diff"]
+              "Loss test (ours)", "Loss test (paper)", "Linear % (ours)", "paper", "diff", "MLP % (ours)",
+              "paper", "diff", "Sparsity % (ours)", "paper", "diff"]
     body = []
     for row in rows:
         ref = row["paper"] or {}

@@ -255,9 +255,9 @@ def _weight_grad(inp, gout, kernel, stride, pad, dilation, groups):
     """The weight gradient ``(O, C/groups, kh, kw)`` of the convolution ``inp (N, C, H, W) ->
     gout (N, O, Ho, Wo)``, with Caffe's float32 accuracy and oneDNN's speed: a forward
     convolution of the inputs with the output gradients, the images acting as channels, in
-    one grouped oneDNN call over equal chunks of at most WGRAD_CHUNK terms (images x
-    output positions) whose partial sums are added in float64. (oneDNN's own weight gradient, like
-    one chunk of the whole batch, accumulates up to 57600 terms in one float32 chain:
+    one grouped oneDNN call over equal chunks of at most WGRAD_CHUNK terms (images x output
+    positions) whose partial sums are added in float64. (oneDNN's own weight gradient, like
+    a single chunk of the whole batch, accumulates up to 57600 terms in one float32 chain:
     2-4e-6 from float64, ~10x Caffe's error, which Model 5's tanh code amplifies past 1e-5.
     PyTorch's im2col weight gradient is as accurate but 2-3x slower and single-threaded.)"""
     if groups > 1:
