@@ -42,12 +42,11 @@ single net's (bmm, grouped kernels): equal within float32 rounding (tests: 1e-5)
 """
 import os
 
-import numpy as np
 
 from .. import caffemodel
 from ..errors import CaeError
 from ..proto import caffe_cae_pb2 as pb
-from .torch_net import _CaffeConv, _canon, TorchNet, torch
+from .torch_net import _CaffeConv, _canon, TorchNet, copy_weights, torch
 from .torch_solver import TorchSolver, _parse_solver, net_param_of
 
 F = torch.nn.functional
@@ -230,20 +229,7 @@ class WideNet:
 
     def set_weights(self, k, layers, source="weights"):
         """Copy (layer name, [arrays]) into run k's parameters (unknown layers are ignored)."""
-        with torch.no_grad():
-            for name, arrays in layers:
-                target = self.params.get(name)
-                if target is None:
-                    continue
-                if len(arrays) != len(target):
-                    raise CaeError("%s: layer %s has %d blobs, the net expects %d"
-                                   % (source, name, len(arrays), len(target)))
-                for i, (t, a) in enumerate(zip(target, arrays)):
-                    a = np.asarray(a, dtype=np.float32)
-                    if a.size != t[k].numel():
-                        raise CaeError("%s: layer %s blob %d has shape %s, the net expects %s"
-                                       % (source, name, i, a.shape, tuple(t.shape[1:])))
-                    t[k].copy_(torch.from_numpy(a.reshape(tuple(t.shape[1:]))).to(t.device))
+        copy_weights({name: [t[k] for t in blobs] for name, blobs in self.params.items()}, layers, source)
 
 
 class BatchSolver:

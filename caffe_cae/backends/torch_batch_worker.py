@@ -24,7 +24,7 @@ import os
 import sys
 import time
 
-from .torch_worker import StopFlag, _mean, _setup, _skip, emit, keyed, onednn
+from .torch_worker import StopFlag, _mean, _setup, _skip, emit, keyed, nonfinite_message, onednn
 
 
 def _check_same(runs):
@@ -111,14 +111,7 @@ def train(job):
     while solver.iter < max_iter and alive:
         solver.step(1, on_gradients=on_gradients)
         for k, failure in sorted(failures.items()):
-            found = failure["first"]
-            where = ("first non-finite blob '%s' (top of layer '%s', %s)" % (found["blob"], found["layer"],
-                                                                              found["layer_type"])
-                     if found else "no non-finite blob when replayed")
-            message = "non-finite loss at iteration %d (%s): %s" % (
-                failure["iter"], ", ".join("%s=%s" % kv for kv in sorted(failure["loss"].items())), where)
-            if failure["params"]:
-                message += "; non-finite parameters: " + ", ".join(failure["params"][:6])
+            message = nonfinite_message(failure)
             emit("nonfinite", run=k, message=message, **failure)
             emit("end", run=k, status="failed", iter=failure["iter"], message=message)
             alive.remove(k)

@@ -960,6 +960,29 @@ LAYERS = {
 
 # ----------------------------------------------------------------------------- net
 
+def copy_weights(params, layers, source):
+    """Copy (layer name, [arrays]) into ``params`` (layer name -> [tensors]), as Caffe's
+    CopyTrainedLayersFrom: unknown names are ignored; blob count and shapes must match (a
+    legacy 4-D shape padded with leading 1s is accepted). CaeError names ``source``."""
+    with torch.no_grad():
+        for name, arrays in layers:
+            target = params.get(name)
+            if target is None:
+                continue
+            if len(arrays) != len(target):
+                raise CaeError("%s: layer %s has %d blobs, the net expects %d"
+                               % (source, name, len(arrays), len(target)))
+            for i, (t, a) in enumerate(zip(target, arrays)):
+                a = np.asarray(a, dtype=np.float32)
+                if tuple(a.shape) != tuple(t.shape):
+                    legacy = (1,) * (4 - t.dim()) + tuple(t.shape)
+                    if t.dim() > 4 or a.size != t.numel() or tuple(a.shape) != legacy:
+                        raise CaeError("%s: layer %s blob %d has shape %s, the net expects %s"
+                                       % (source, name, i, a.shape, tuple(t.shape)))
+                t.copy_(torch.from_numpy(a.reshape(tuple(t.shape))).to(t.device))
+
+
+
 class TorchNet:
     """A Caffe net in PyTorch. See the module docstring.
 
@@ -1119,22 +1142,7 @@ class TorchNet:
     def set_weights(self, layers, source="weights"):
         """Copy (layer name, [arrays]) into same-named layers, as Caffe's CopyTrainedLayersFrom:
         unknown names are ignored; blob count and shapes must match."""
-        with torch.no_grad():
-            for name, arrays in layers:
-                target = self.params.get(name)
-                if target is None:
-                    continue
-                if len(arrays) != len(target):
-                    raise CaeError("%s: layer %s has %d blobs, the net expects %d"
-                                   % (source, name, len(arrays), len(target)))
-                for i, (t, a) in enumerate(zip(target, arrays)):
-                    a = np.asarray(a, dtype=np.float32)
-                    if tuple(a.shape) != tuple(t.shape):
-                        legacy = (1,) * (4 - t.dim()) + tuple(t.shape)
-                        if t.dim() > 4 or a.size != t.numel() or tuple(a.shape) != legacy:
-                            raise CaeError("%s: layer %s blob %d has shape %s, the net expects %s"
-                                           % (source, name, i, a.shape, tuple(t.shape)))
-                    t.copy_(torch.from_numpy(a.reshape(tuple(t.shape))).to(self.device))
+        copy_weights(self.params, layers, source)
 
     def input_names(self):
         """Top names of the Input layers, in order."""

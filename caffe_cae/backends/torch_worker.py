@@ -121,6 +121,20 @@ def first_nonfinite(net, torch):
     return found or None, bad
 
 
+def nonfinite_message(failure):
+    """The one-line report of a non-finite loss: iteration, losses, the first non-finite blob
+    of the replayed forward pass, non-finite parameters."""
+    first = failure["first"]
+    where = ("first non-finite blob '%s' (top of layer '%s', %s)" % (first["blob"], first["layer"],
+                                                                      first["layer_type"])
+             if first else "no non-finite blob when replayed")
+    message = "non-finite loss at iteration %d (%s): %s" % (
+        failure["iter"], ", ".join("%s=%s" % kv for kv in sorted(failure["loss"].items())), where)
+    if failure["params"]:
+        message += "; non-finite parameters: " + ", ".join(failure["params"][:6])
+    return message
+
+
 def train(job):
     """Job keys as the Caffe worker's: solver, mode, max_iter, display, test_interval, snapshot,
     snapshot_prefix, test_stages [{name, iter, period}], train_period, resume, stop_after."""
@@ -177,14 +191,7 @@ def train(job):
     while solver.iter < max_iter:
         solver.step(1, on_gradients=on_gradients)
         if failure:
-            first = failure["first"]
-            where = ("first non-finite blob '%s' (top of layer '%s', %s)" % (first["blob"], first["layer"],
-                                                                              first["layer_type"])
-                     if first else "no non-finite blob when replayed")
-            message = "non-finite loss at iteration %d (%s): %s" % (
-                failure["iter"], ", ".join("%s=%s" % kv for kv in sorted(failure["loss"].items())), where)
-            if failure["params"]:
-                message += "; non-finite parameters: " + ", ".join(failure["params"][:6])
+            message = nonfinite_message(failure)
             emit("nonfinite", message=message, **failure)
             emit("end", status="failed", iter=failure["iter"], message=message)
             return 3
