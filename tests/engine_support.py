@@ -1,7 +1,7 @@
 """Getting the Caffe engine in tests.
 
-With CAFFE_CAE_REQUIRE_ENGINE=1 (CI) a missing engine FAILS the test; otherwise the test
-is skipped with the reason. The engine is built on first use only when required (CI runs
+In CI (CI set) or with CAFFE_CAE_REQUIRE_ENGINE=1 a missing engine or PyTorch FAILS the
+test; otherwise the test is skipped with the reason. The engine is built on first use only when required (CI runs
 `make engine` first); set CAFFE_CAE_ENGINE to choose the kind.
 """
 import json
@@ -14,9 +14,22 @@ import pytest
 from caffe_cae import REPO_ROOT
 from caffe_cae.errors import CaeError
 
-REQUIRED = os.environ.get("CAFFE_CAE_REQUIRE_ENGINE") == "1"
+#: engine, Slurm and PyTorch tests fail instead of skipping when their part is missing: in CI
+#: (CI set, as .ci/run runs) or with CAFFE_CAE_REQUIRE_ENGINE=1
+REQUIRED = os.environ.get("CAFFE_CAE_REQUIRE_ENGINE") == "1" or bool(os.environ.get("CI"))
 SCRIPTS = os.path.join(REPO_ROOT, "tests", "engine_scripts")
 _cache = {}
+
+
+def require_torch():
+    """The torch module, or skip (fail when REQUIRED)."""
+    try:
+        import torch
+    except ImportError:
+        if REQUIRED:
+            pytest.fail("PyTorch is not installed (pip install -e '.[torch]')", pytrace=False)
+        pytest.skip("PyTorch is not installed", allow_module_level=True)
+    return torch
 
 
 def require_engine():
@@ -29,7 +42,7 @@ def require_engine():
     eng = _cache["engine"]
     if isinstance(eng, CaeError):
         if REQUIRED:
-            pytest.fail("CAFFE_CAE_REQUIRE_ENGINE=1 but no engine: %s" % eng)
+            pytest.fail("no engine (required in CI and with CAFFE_CAE_REQUIRE_ENGINE=1): %s" % eng)
         pytest.skip(str(eng))
     return eng
 

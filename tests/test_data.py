@@ -279,8 +279,9 @@ def _engine():
         from caffe_cae import engine
         return engine.get_engine(build=False)
     except (ImportError, CaeError) as exc:
-        if os.environ.get("CAFFE_CAE_REQUIRE_ENGINE") == "1":
-            pytest.fail("CAFFE_CAE_REQUIRE_ENGINE=1 but no Caffe engine: %s" % exc)
+        from engine_support import REQUIRED
+        if REQUIRED:
+            pytest.fail("no Caffe engine (required in CI and with CAFFE_CAE_REQUIRE_ENGINE=1): %s" % exc)
         pytest.skip(str(exc))
 
 

@@ -25,6 +25,8 @@ def cluster(tmp_path_factory):
             pytest.fail(message)
         pytest.skip(message)
     if os.geteuid() != 0:
+        if REQUIRED:
+            pytest.fail("the throw-away Slurm cluster runs its daemons as root")
         pytest.skip("the throw-away Slurm cluster runs its daemons as root")
     slurm = LocalSlurm(str(tmp_path_factory.mktemp("slurm")))
     try:

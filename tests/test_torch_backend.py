@@ -40,7 +40,7 @@ from caffe_cae.data import write_tiny
 from caffe_cae.errors import CaeError
 from caffe_cae.schema import parse_net, parse_solver, to_text
 
-from engine_support import REQUIRED, SCRIPTS, require_engine, run_json
+from engine_support import SCRIPTS, require_engine, require_torch, run_json
 
 NETS = ["deep_ae", "model1", "model2", "model3", "model4", "model5", "siamese"]
 ITERS = 100
@@ -61,13 +61,7 @@ VARIANT = {"net": "model2", "momentum": 0.9, "lr_policy": "inv", "gamma": 0.001,
 
 
 def need_torch():
-    try:
-        import torch
-        torch.set_num_threads(1)
-    except ImportError:
-        if REQUIRED:
-            pytest.fail("CAFFE_CAE_REQUIRE_ENGINE=1 but PyTorch is not installed (pip install -e '.[torch]')")
-        pytest.skip("PyTorch is not installed")
+    require_torch().set_num_threads(1)
 
 
 def rel_err(a, b):

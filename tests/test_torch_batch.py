@@ -25,7 +25,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from engine_support import require_torch  # noqa: E402
+
+torch = require_torch()
 
 from caffe_cae import REPO_ROOT, caffemodel, grid  # noqa: E402
 from caffe_cae.backends.torch_batch import BatchSolver  # noqa: E402
