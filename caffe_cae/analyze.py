@@ -8,33 +8,19 @@ temporary file, then renamed). The parts, each usable alone:
 * ``classify_cv`` / ``linear_error`` / ``mlp_error``: the *average per-class error* of
   Table 4, mean over the classes of (1 - recall) in %, from 10-fold stratified
   cross-validation on the 10000 test codes. The per-class recalls come from the pooled
-  out-of-fold predictions (one confusion matrix over all N codes).
-* ``lda_predict``: MATLAB ``classify()``'s default 'linear' rule: Gaussian classes with
-  one pooled within-class covariance (denominator N - K, as MATLAB), empirical priors.
-  Written out here because scikit-learn's LinearDiscriminantAnalysis divides by N, which
-  shifts the prior term slightly. Limit: MATLAB refuses a singular pooled covariance;
-  here it is pseudo-inverted (a constant code dimension is ignored, not an error).
-* ``mlp_predict``: the paper's D-H-10 perceptron (logistic hidden units, softmax output,
-  H from ``paper.mlp_hidden``: 14/42/66 for D = 2/10/30). The paper trained with MATLAB's
-  scaled conjugate gradient (trainscg, full batch, no regularisation, inputs mapped to
-  [-1, 1] by patternnet's mapminmax). Here: scikit-learn's MLPClassifier with the
-  full-batch quasi-Newton solver L-BFGS (the nearest batch second-order method sklearn
-  has), ``alpha=0`` (no weight decay), up to 500 iterations (measured: raw pixels stop
-  after ~80-140 with the training loss near 0, PCA-30 codes after ~140; 10-D codes run to
-  the cap, and 200, 400 or 1000 iterations gave the same errors within a point on a real
-  Model 4 code, at 1, 2 and 5 times the cost), one BLAS thread, inputs min-max scaled to [-1, 1] on each training fold, weights
-  seeded by ``seed + fold``. Limit: MATLAB's train() also holds out part of each training
-  fold (patternnet's default 70/15/15 split) and returns the weights of the epoch with the
-  best validation error, an implicit early stop even with the paper's 6000 validation
-  checks; that is not reproduced here: every fold trains on all its 90 % to convergence,
-  which overfits more. On the raw pixels this gives 6.16 % for 784-88-10 against the
-  paper's 2.85 %; compare codes with codes.
+  out-of-fold predictions (one confusion matrix over all N codes). The classifiers are
+  MATLAB's, as the paper called them (``caffe_cae.classify``): ``classify()`` 'linear'
+  with uniform priors (refusing a singular pooled covariance, as MATLAB does) and
+  ``patternnet`` trained by ``trainscg`` (D-H-10, H from ``paper.mlp_hidden``: 14/42/66 for
+  D = 2/10/30, 88 for raw pixels; 6000 epochs, the best validation epoch kept). The
+  ``lbfgs`` option is scikit-learn's L-BFGS MLP trained to convergence on the whole
+  training fold (``lbfgs_mlp_predict``): faster, but it overfits where MATLAB stops early.
 * ``raw_pixel_reference``: the same MLP 784-88-10 on raw pixels (paper: 2.85 %), cached
-  in a JSON file because it costs minutes.
-* ``sparsity``: eq. (2) as Section 5.1 applies it: the share in % of all N x D code
-  elements below 10/20/30 % of the largest element of the whole code. Taken literally:
-  a negative element is below any positive threshold and counts as sparse (the linear
-  ip2encode codes are signed).
+  in a JSON file because it costs minutes to an hour.
+* ``sparsity``: eq. (2), #{j : |c_j| <= eps}, as Section 5.1 applies it: the share in % of
+  all N x D code elements whose magnitude is at most 10/20/30 % of the largest element of
+  the whole code (``base='absmax'``: of the largest magnitude). ``sparsity_readings``
+  also gives the older signed reading (c < t max c) for comparison.
 * ``compression``: Section 5.1: 4 bytes per code element against a 784-byte image, plus
   for switch models (a MAX Pooling mask top consumed by an Unpooling layer, read from the
   run's prototxt by ``caffe_cae.inspect``) floor(log2(map positions)) bits per switch,
@@ -63,6 +49,7 @@ import warnings
 
 import numpy as np
 
+from . import classify
 from .errors import CaeError
 
 FOLDS = 10
@@ -72,6 +59,9 @@ IMAGE_BYTES = 784
 TABLE6_DIGITS = (2, 4, 5, 8)
 TSNE_PARAMS = {"perplexity": 30.0, "max_iter": 400, "angle": 0.8, "init": "pca", "learning_rate": "auto"}
 MLP_MAX_ITER = 500
+CLASSIFIERS = ("linear", "patternnet", "lbfgs")
+MLP_CLASSIFIERS = CLASSIFIERS[1:]
+SPARSITY_BASES = ("max", "absmax")
 REFERENCE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "caffe-cae", "reference_mlp_784.json")
 _ACTIVATIONS = ("Sigmoid", "TanH", "ReLU", "PReLU", "ELU", "AbsVal", "Power")
 
@@ -95,24 +85,11 @@ def per_class_error(labels, predicted):
     return float(np.mean(list(errors.values()))), errors, confusion.tolist()
 
 
-def lda_predict(train_x, train_y, test_x):
-    """MATLAB classify(test, train, group) with its default 'linear' type (see module doc)."""
-    train_x = np.asarray(train_x, dtype=np.float64)
-    test_x = np.asarray(test_x, dtype=np.float64)
-    classes, where = np.unique(train_y, return_inverse=True)
-    means = np.stack([train_x[where == i].mean(axis=0) for i in range(len(classes))])
-    resid = train_x - means[where]
-    pooled = resid.T @ resid / max(len(train_x) - len(classes), 1)
-    inverse = np.linalg.pinv(pooled, hermitian=True)
-    priors = np.bincount(where, minlength=len(classes)) / float(len(where))
-    weights = means @ inverse                                   # K x D
-    bias = -0.5 * np.sum(weights * means, axis=1) + np.log(priors)
-    return classes[np.argmax(test_x @ weights.T + bias, axis=1)]
-
-
-def mlp_predict(train_x, train_y, test_x, hidden, seed=SEED, max_iter=MLP_MAX_ITER):
-    """The paper's one-hidden-layer perceptron (see module doc for the training choices);
-    returns (predictions, L-BFGS iterations used)."""
+def lbfgs_mlp_predict(train_x, train_y, test_x, hidden, seed=SEED, max_iter=MLP_MAX_ITER):
+    """The ``lbfgs`` MLP option: scikit-learn's MLPClassifier trained to convergence with
+    full-batch L-BFGS (logistic hidden units, softmax output, ``alpha=0``, inputs min-max
+    scaled to [-1, 1] on the training fold, no validation split, the last iterate kept);
+    returns (predictions, L-BFGS iterations used). Not what MATLAB did: see ``caffe_cae.classify``."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
     from sklearn.preprocessing import MinMaxScaler
@@ -133,45 +110,83 @@ def _fold(kind, x, y, train, test, hidden, seed):
     cpu = time.process_time()
     with threadpool_limits(1):  # tiny matrices: one BLAS thread per fold is faster
         if kind == "linear":
-            pred, iterations = lda_predict(x[train], y[train], x[test]), None
+            pred, info = classify.matlab_classify(x[train], y[train], x[test]), None
         else:
-            pred, iterations = mlp_predict(x[train], y[train], x[test], hidden, seed=seed)
-    return test, pred, iterations, time.process_time() - cpu
+            pred, iterations = lbfgs_mlp_predict(x[train], y[train], x[test], hidden, seed=seed)
+            info = {"iterations": iterations}
+    return [test], [pred], [info], time.process_time() - cpu
 
 
-def classify_cv(code, labels, kind, folds=FOLDS, seed=SEED, hidden=None, jobs=1):
-    """Out-of-fold predictions of ``kind`` ('linear' or 'mlp') with stratified k-fold CV.
+def _patternnet_part(x, y, splits, ids, hidden, seed, settings):
+    """Some folds' patternnets in one process, one thread (see ``caffe_cae.classify``)."""
+    import torch
 
-    Returns {"error": %, "per_class": {digit: %}, "confusion": [[...]], "seconds": s}.
-    ``jobs`` folds run in parallel processes (joblib)."""
+    torch.set_num_threads(1)
+    cpu = time.process_time()
+    classes, index = np.unique(y, return_inverse=True)
+    folds = [(x[splits[i][0]], index[splits[i][0]], x[splits[i][1]]) for i in ids]
+    preds, info = classify.patternnet_folds(folds, hidden, len(classes), seed=seed, settings=settings, fold_ids=ids)
+    return [splits[i][1] for i in ids], [classes[p] for p in preds], info, time.process_time() - cpu
+
+
+def classify_cv(code, labels, kind, folds=FOLDS, seed=SEED, hidden=None, jobs=1, mlp=None):
+    """Out-of-fold predictions of ``kind`` with stratified k-fold CV: 'linear' (MATLAB
+    classify), 'patternnet' (MATLAB patternnet + trainscg, the paper's MLP; ``mlp`` overrides
+    its settings, ``caffe_cae.classify.MLP_DEFAULTS``) or 'lbfgs' (``lbfgs_mlp_predict``).
+
+    Returns {"error": %, "per_class": {digit: %}, "confusion": [[...]], "seconds", "cpu_seconds",
+    and for the MLPs "hidden" and "folds" (per-fold epochs or iterations)}. ``jobs`` processes
+    share the folds (joblib)."""
     from sklearn.model_selection import StratifiedKFold
 
-    if kind not in ("linear", "mlp"):
-        raise CaeError("classifier: expected 'linear' or 'mlp', got %r" % (kind,))
+    if kind not in CLASSIFIERS:
+        raise CaeError("classifier: expected one of %s, got %r" % (", ".join(CLASSIFIERS), kind))
     x = np.asarray(code, dtype=np.float64).reshape(len(code), -1)
     y = np.asarray(labels).astype(int)
     _check_folds(y, folds, "labels")
-    if kind == "mlp" and hidden is None:
+    if kind != "linear" and hidden is None:
         hidden = mlp_hidden_size(x.shape[1])
+    settings = classify.mlp_settings(**(mlp or {})) if kind == "patternnet" else None
     t0 = time.time()
     splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y))
-    if jobs > 1:
-        from joblib import Parallel, delayed
-        parts = Parallel(n_jobs=jobs)(delayed(_fold)(kind, x, y, tr, te, hidden, seed + i)
-                                      for i, (tr, te) in enumerate(splits))
+    if kind == "patternnet":
+        shares = [list(range(folds))[j::jobs] for j in range(min(jobs, folds))]
+        tasks = [(_patternnet_part, (x, y, splits, ids, hidden, seed, settings)) for ids in shares]
     else:
-        parts = [_fold(kind, x, y, tr, te, hidden, seed + i) for i, (tr, te) in enumerate(splits)]
+        tasks = [(_fold, (kind, x, y, tr, te, hidden, seed + i)) for i, (tr, te) in enumerate(splits)]
+    if jobs > 1 and len(tasks) > 1:
+        from joblib import Parallel, delayed
+        parts = Parallel(n_jobs=jobs)(delayed(fn)(*args) for fn, args in tasks)
+    else:
+        parts = [fn(*args) for fn, args in tasks]
     predicted = np.empty_like(y)
-    for test, pred, _, _ in parts:
-        predicted[test] = pred
+    fold_info = []
+    for tests, preds, infos, _ in parts:
+        for test, pred in zip(tests, preds):
+            predicted[test] = pred
+        fold_info.extend(i for i in infos if i is not None)
     error, per_class, confusion = per_class_error(y, predicted)
     out = {"error": round(error, 4), "per_class": {str(k): round(v, 4) for k, v in per_class.items()},
            "confusion": confusion, "seconds": round(time.time() - t0, 3),
            "cpu_seconds": round(sum(p[3] for p in parts), 3)}
-    if kind == "mlp":
+    if kind != "linear":
         out["hidden"] = int(hidden)
-        out["iterations"] = [p[2] for p in parts]
+        out["folds"] = sorted(fold_info, key=lambda i: i.get("fold", 0))
+        out["classifier"] = classifier_description(kind, settings)
     return out
+
+
+def classifier_description(kind, settings=None):
+    """What analysis.json says of a classifier: its name and settings."""
+    if kind == "linear":
+        return {"name": "classify", "what": "MATLAB classify(sample, training, group): 'linear', uniform priors, "
+                                            "pooled within-class covariance over N - K; refuses a singular one"}
+    if kind == "patternnet":
+        return {"name": "patternnet", "what": "MATLAB patternnet + train + trainscg (caffe_cae.classify)",
+                "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}}
+    return {"name": "lbfgs", "what": "scikit-learn MLPClassifier, full-batch L-BFGS, logistic hidden, alpha=0, "
+                                     "inputs scaled to [-1, 1], no validation split",
+            "settings": {"max_iter": MLP_MAX_ITER}}
 
 
 def _check_folds(labels, folds, where):
@@ -184,13 +199,13 @@ def _check_folds(labels, folds, where):
 
 
 def linear_error(code, labels, **kwargs):
-    """Average per-class error (%) of the linear (LDA) classifier."""
+    """Average per-class error (%) of MATLAB's classify()."""
     return classify_cv(code, labels, "linear", **kwargs)["error"]
 
 
-def mlp_error(code, labels, **kwargs):
-    """Average per-class error (%) of the paper's MLP."""
-    return classify_cv(code, labels, "mlp", **kwargs)["error"]
+def mlp_error(code, labels, classifier="patternnet", **kwargs):
+    """Average per-class error (%) of the paper's MLP (``classifier`` 'patternnet' or 'lbfgs')."""
+    return classify_cv(code, labels, classifier, **kwargs)["error"]
 
 
 def mlp_hidden_size(dim):
@@ -203,18 +218,27 @@ def mlp_hidden_size(dim):
     return paper.mlp_hidden(int(dim))
 
 
-def raw_pixel_reference(images, labels, cache=REFERENCE_CACHE, folds=FOLDS, seed=SEED, jobs=1, compute=True):
+def classifier_tag(classifier, mlp=None):
+    """A short name of an MLP classifier and the settings that change its result (cache keys)."""
+    if classifier == "patternnet":
+        s = classify.mlp_settings(**(mlp or {}))
+        return "patternnet-%s-e%d" % (s["hidden_transfer"], s["epochs"])
+    return "lbfgs-it%d" % MLP_MAX_ITER
+
+
+def raw_pixel_reference(images, labels, cache=REFERENCE_CACHE, folds=FOLDS, seed=SEED, jobs=1, compute=True,
+                        classifier="patternnet", mlp=None):
     """The 784-88-10 MLP on raw test images (the paper's 2.85 % row), cached in ``cache``.
 
-    The cache is keyed by the number of images, a digest of images and labels, folds and
-    seed; a matching cached result is returned without training. With ``compute=False``
-    a missing entry gives None."""
+    The cache is keyed by the number of images, a digest of images and labels, folds, seed
+    and the classifier with its settings; a matching cached result is returned without
+    training. With ``compute=False`` a missing entry gives None."""
     import hashlib
 
     images = np.asarray(images, dtype=np.float32).reshape(len(images), -1)
     labels = np.asarray(labels).astype(int)
     digest = hashlib.sha256(images.tobytes() + labels.astype(np.int64).tobytes()).hexdigest()[:16]
-    key = "n%d-%s-f%d-s%d-it%d" % (len(images), digest, folds, seed, MLP_MAX_ITER)
+    key = "n%d-%s-f%d-s%d-%s" % (len(images), digest, folds, seed, classifier_tag(classifier, mlp))
     store = {}
     if cache and os.path.exists(cache):
         try:
@@ -226,7 +250,8 @@ def raw_pixel_reference(images, labels, cache=REFERENCE_CACHE, folds=FOLDS, seed
         return dict(store[key], cached=True)
     if not compute:
         return None
-    result = classify_cv(images, labels, "mlp", folds=folds, seed=seed, hidden=mlp_hidden_size(784), jobs=jobs)
+    result = classify_cv(images, labels, classifier, folds=folds, seed=seed, hidden=mlp_hidden_size(784), jobs=jobs,
+                         mlp=mlp)
     result.pop("confusion", None)
     result["size"] = "784-%d-10" % result["hidden"]
     if cache:
@@ -237,13 +262,29 @@ def raw_pixel_reference(images, labels, cache=REFERENCE_CACHE, folds=FOLDS, seed
 
 # ---------------------------------------------------------------- sparsity, compression
 
-def sparsity(code, thresholds=THRESHOLDS):
-    """Eq. (2): {"10": %, "20": %, "30": %} of all code elements below t % of the largest."""
+def sparsity(code, thresholds=THRESHOLDS, base="max"):
+    """Eq. (2), #{j : |c_j| <= eps}, as Section 5.1 reports it: {"10": %, "20": %, "30": %} of
+    all N x D code elements whose magnitude is at most t % of the base. ``base`` 'max': the
+    largest element of the whole code (Section 5.1's "maximum value found in these ...
+    elements"); 'absmax': the largest magnitude (the same for a non-negative code)."""
+    if base not in SPARSITY_BASES:
+        raise CaeError("--sparsity-base: expected one of %s, got %r" % (", ".join(SPARSITY_BASES), base))
     values = np.asarray(code, dtype=np.float64).ravel()
     if values.size == 0:
         raise CaeError("code: empty, no sparsity")
-    top = values.max()
-    return {str(t): round(float(100.0 * np.mean(values < top * t / 100.0)), 4) for t in thresholds}
+    magnitude = np.abs(values)
+    top = values.max() if base == "max" else magnitude.max()
+    return {str(t): round(float(100.0 * np.mean(magnitude <= top * t / 100.0)), 4) for t in thresholds}
+
+
+def sparsity_readings(code, threshold=30):
+    """The three readings of eq. (2) at one threshold, for comparison (analysis.json): counting
+    c < t max c (negative elements count as sparse), |c| <= t max c (the default), |c| <= t max |c|."""
+    values = np.asarray(code, dtype=np.float64).ravel()
+    cut = threshold / 100.0
+    return {"signed_below_max": round(float(100.0 * np.mean(values < cut * values.max())), 4),
+            "abs_le_max": sparsity(values, (threshold,), "max")[str(threshold)],
+            "abs_le_absmax": sparsity(values, (threshold,), "absmax")[str(threshold)]}
 
 
 def compression(dim, switches=None):
@@ -778,12 +819,14 @@ def paper_row(net, dim):
 
 
 def analyze_run(run_dir, folds=FOLDS, seed=SEED, jobs=1, test_h5=None, diagram=True, reference_cache=REFERENCE_CACHE,
-                tsne=None, progress=None):
+                tsne=None, progress=None, classifier="patternnet", mlp=None, sparsity_base="max"):
     """Analyse one run directory; writes analysis.json and figures/, returns the analysis dict.
 
     ``test_h5``: the test images (default: the path in the run's manifest) for the
     reconstruction figures; ``reference_cache``: where a computed raw-pixel reference row
-    is looked up (never computed here; see ``raw_pixel_reference``)."""
+    is looked up (never computed here; see ``raw_pixel_reference``); ``classifier``: the
+    MLP, 'patternnet' (MATLAB's, the default) or 'lbfgs', ``mlp`` its settings
+    (``caffe_cae.classify.MLP_DEFAULTS``); ``sparsity_base``: see ``sparsity``."""
     say = progress or (lambda message: None)
     run_dir = os.path.abspath(run_dir)
     if not os.path.isdir(run_dir):
@@ -802,6 +845,15 @@ def analyze_run(run_dir, folds=FOLDS, seed=SEED, jobs=1, test_h5=None, diagram=T
         raise CaeError("%s: code has %d columns, manifest says dim %d" % (os.path.join(run_dir, "codes.h5"),
                                                                            code.shape[1], dim))
     _check_folds(labels, folds, os.path.join(run_dir, "codes.h5") + ": label")
+    if classifier not in MLP_CLASSIFIERS:
+        raise CaeError("--mlp: expected one of %s, got %r" % (", ".join(MLP_CLASSIFIERS), classifier))
+    if classifier == "patternnet":
+        classify.mlp_settings(**(mlp or {}))                    # bad settings fail before the slow parts
+    sparsity(code[:1], base=sparsity_base)
+    try:
+        classify.check_classify(code, labels)
+    except classify.SingularCovariance as exc:
+        raise CaeError("%s: MATLAB classify() refuses this code: %s" % (run_dir, exc)) from None
     # every input is read and checked before the slow parts
     images = None
     if recon is not None:
@@ -818,22 +870,29 @@ def analyze_run(run_dir, folds=FOLDS, seed=SEED, jobs=1, test_h5=None, diagram=T
     result = {"net": net, "dim": dim, "n": int(len(code)), "folds": folds, "seed": seed,
               "iterations": manifest.get("iterations")}
     say("%s: linear classifier (%d-fold)" % (run_dir, folds))
-    linear = classify_cv(code, labels, "linear", folds=folds, seed=seed, jobs=1)
+    try:
+        linear = classify_cv(code, labels, "linear", folds=folds, seed=seed, jobs=1)
+    except classify.SingularCovariance as exc:
+        raise CaeError("%s: MATLAB classify() refuses a training fold: %s" % (run_dir, exc)) from None
     timings["linear"] = linear["seconds"]
-    say("%s: MLP %d-%d-10 (%d-fold)" % (run_dir, dim, mlp_hidden_size(dim), folds))
-    mlp = classify_cv(code, labels, "mlp", folds=folds, seed=seed, jobs=jobs)
-    timings["mlp"] = mlp["seconds"]
-    timings["mlp_cpu"] = mlp["cpu_seconds"]
-    result.update(linear_error=linear["error"], mlp_error=mlp["error"], mlp_size="%d-%d-10" % (dim, mlp["hidden"]),
-                  per_class_error={"linear": linear["per_class"], "mlp": mlp["per_class"]},
-                  confusion={"linear": linear["confusion"], "mlp": mlp["confusion"]},
-                  mlp_iterations=mlp["iterations"])
-    result["sparsity"] = sparsity(code)
+    say("%s: MLP %d-%d-10 (%s, %d-fold)" % (run_dir, dim, mlp_hidden_size(dim), classifier_tag(classifier, mlp),
+                                            folds))
+    net_mlp = classify_cv(code, labels, classifier, folds=folds, seed=seed, jobs=jobs, mlp=mlp)
+    timings["mlp"] = net_mlp["seconds"]
+    timings["mlp_cpu"] = net_mlp["cpu_seconds"]
+    result.update(linear_error=linear["error"], mlp_error=net_mlp["error"],
+                  mlp_size="%d-%d-10" % (dim, net_mlp["hidden"]),
+                  per_class_error={"linear": linear["per_class"], "mlp": net_mlp["per_class"]},
+                  confusion={"linear": linear["confusion"], "mlp": net_mlp["confusion"]},
+                  mlp_folds=net_mlp["folds"])
+    result["sparsity"] = sparsity(code, base=sparsity_base)
+    result["sparsity_base"] = sparsity_base
+    result["sparsity_readings"] = sparsity_readings(code)
     result["code_range"] = [float(code.min()), float(code.max())]
     result["compression"] = compression(dim, switches)
     result["paper"] = paper_row(net, dim)
-    reference = raw_pixel_reference(images, labels, cache=reference_cache, folds=folds, seed=seed, compute=False) \
-        if images is not None and reference_cache else None
+    reference = raw_pixel_reference(images, labels, cache=reference_cache, folds=folds, seed=seed, compute=False,
+                                    classifier=classifier, mlp=mlp) if images is not None and reference_cache else None
     result["reference"] = {"raw_pixel_mlp_error": reference["error"], "size": reference["size"]} if reference else None
     result["losses"] = {k[len("loss_"):]: v for k, v in codes["attrs"].items() if k.startswith("loss_")}
 
@@ -885,9 +944,7 @@ def analyze_run(run_dir, folds=FOLDS, seed=SEED, jobs=1, test_h5=None, diagram=T
     timings["figures"] = round(sum(v for k, v in timings.items() if k.startswith("figure_")), 3)
     timings["total"] = round(time.time() - clock, 3)
     result.update(figures=figures, figures_skipped=skipped, timings=timings,
-                  classifier={"linear": "pooled-covariance LDA (MATLAB classify 'linear')",
-                              "mlp": "sklearn MLPClassifier lbfgs, logistic hidden, softmax out, alpha=0, "
-                                     "inputs scaled to [-1,1], max_iter=%d" % MLP_MAX_ITER})
+                  classifier={"linear": classifier_description("linear"), "mlp": net_mlp["classifier"]})
     write_json(os.path.join(run_dir, "analysis.json"), result)
     return result
 
@@ -939,7 +996,7 @@ def _bench_inputs(n, dim, seed):
     return code, labels, images, recon, "PCA-%d of the MNIST test images" % dim
 
 
-def benchmark(n=10000, dim=30, jobs=2, seed=SEED, work=None):
+def benchmark(n=10000, dim=30, jobs=2, seed=SEED, work=None, mlp=None):
     """Seconds per stage of ``analyze_run`` on one n x dim run made without Caffe: the code
     is the PCA of the MNIST test images (a linear auto-encoder, so code, errors and
     reconstructions are realistic; synthetic clusters if MNIST is missing), with Fig. 11
@@ -981,7 +1038,7 @@ def benchmark(n=10000, dim=30, jobs=2, seed=SEED, work=None):
                                                         "files": files})
         t0, cpu = time.time(), time.process_time()
         out = analyze_run(run, jobs=jobs, seed=seed, test_h5=os.path.join(work, "test.h5"),
-                          diagram=bool(files) and shutil.which("dot") is not None, reference_cache=None)
+                          diagram=bool(files) and shutil.which("dot") is not None, reference_cache=None, mlp=mlp)
         wall, cpu = time.time() - t0, time.process_time() - cpu
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         # CPU seconds tell what the machine alone would take: the main process (t-SNE threads,
@@ -989,7 +1046,7 @@ def benchmark(n=10000, dim=30, jobs=2, seed=SEED, work=None):
         return {"n": n, "dim": dim, "jobs": jobs, "wall_seconds": round(wall, 2), "stages": out["timings"],
                 "cpu_seconds": {"main_process": round(cpu, 2), "mlp_folds": out["timings"]["mlp_cpu"]},
                 "code": what, "linear_error": out["linear_error"], "mlp_error": out["mlp_error"],
-                "tsne": dict(TSNE_PARAMS),
+                "tsne": dict(TSNE_PARAMS), "mlp": out["classifier"]["mlp"],
                 "load_average_1min": load}
     finally:
         if own:

@@ -40,7 +40,7 @@ def test_per_class_error_is_mean_of_one_minus_recall():
 def test_separated_clusters_give_near_zero_error():
     code, labels = lib.synthetic_codes(2000, 10, seed=3, spread=1.0, separation=10.0)
     linear = lib.classify_cv(code, labels, "linear")
-    mlp = lib.classify_cv(code, labels, "mlp", jobs=2)
+    mlp = lib.classify_cv(code, labels, "lbfgs", jobs=2)
     assert linear["error"] < 0.5 and mlp["error"] < 0.5
     assert mlp["hidden"] == 42
     assert set(linear["per_class"]) == {str(d) for d in range(10)}
@@ -52,7 +52,7 @@ def test_random_code_gives_about_ninety_percent():
     code = rng.normal(size=(2000, 2)).astype(np.float32)
     labels = rng.permutation(np.arange(2000) % 10)
     assert 85.0 < lib.linear_error(code, labels) < 95.0
-    assert 84.0 < lib.mlp_error(code, labels, jobs=2) < 96.0
+    assert 84.0 < lib.mlp_error(code, labels, classifier="lbfgs", jobs=2) < 96.0
 
 
 def test_overlapping_clusters_are_between_and_mlp_beats_linear_on_nonlinear_classes():
@@ -64,33 +64,9 @@ def test_overlapping_clusters_are_between_and_mlp_beats_linear_on_nonlinear_clas
     radius = np.where(labels == 0, 1.0, 3.0) + rng.normal(scale=0.2, size=n)
     code = np.column_stack([radius * np.cos(angle), radius * np.sin(angle)])
     linear = lib.linear_error(code, labels)
-    mlp = lib.mlp_error(code, labels)
-    assert linear > 30.0 and mlp < 2.0
-
-
-def test_lda_is_matlab_classify_linear_and_agrees_with_sklearn():
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-
-    code, labels = lib.synthetic_codes(3000, 5, seed=2, spread=1.0, separation=1.0)
-    train, test = slice(0, 2000), slice(2000, None)
-    ours = lib.lda_predict(code[train], labels[train], code[test])
-    theirs = LinearDiscriminantAnalysis(solver="svd").fit(code[train], labels[train]).predict(code[test])
-    assert 0.02 < np.mean(ours != labels[test]) < 0.9       # a real, imperfect problem
-    assert np.mean(ours == theirs) > 0.995                   # only the pooled (N-K) scaling differs
-    # pooled covariance with N - K and empirical priors, written out by hand for one point
-    x, y = code[train].astype(float), labels[train]
-    means = np.stack([x[y == k].mean(0) for k in range(10)])
-    s = sum((x[y == k] - means[k]).T @ (x[y == k] - means[k]) for k in range(10)) / (len(x) - 10)
-    point = code[2000].astype(float)
-    scores = [-0.5 * (point - means[k]) @ np.linalg.solve(s, point - means[k]) + np.log(np.mean(y == k))
-              for k in range(10)]
-    assert ours[0] == int(np.argmax(scores))
-
-
-def test_singular_code_dimension_does_not_break_lda():
-    code, labels = lib.synthetic_codes(500, 3, seed=4, separation=10.0)
-    code = np.column_stack([code, np.zeros(len(code))])     # a dead unit: MATLAB would refuse
-    assert lib.linear_error(code, labels) < 1.0
+    assert linear > 30.0
+    assert lib.mlp_error(code, labels, classifier="lbfgs") < 2.0
+    assert lib.mlp_error(code, labels, mlp={"epochs": 300}) < 2.0
 
 
 def test_mlp_sizes_follow_the_paper():
@@ -111,21 +87,33 @@ def test_raw_pixel_reference_is_computed_once_then_cached(tmp_path):
     labels = np.arange(60) % 3
     images = np.clip(rng.normal(scale=0.1, size=(60, 784)) + (labels[:, None] == np.arange(784) % 3), 0, 1)
     cache = str(tmp_path / "ref.json")
-    assert lib.raw_pixel_reference(images, labels, cache=cache, folds=3, compute=False) is None
-    first = lib.raw_pixel_reference(images, labels, cache=cache, folds=3)
+    short = {"epochs": 100}
+    assert lib.raw_pixel_reference(images, labels, cache=cache, folds=3, compute=False, mlp=short) is None
+    first = lib.raw_pixel_reference(images, labels, cache=cache, folds=3, mlp=short)
     assert first["cached"] is False and first["size"] == "784-88-10" and first["error"] < 5.0
-    second = lib.raw_pixel_reference(images, labels, cache=cache, folds=3, compute=False)
+    assert first["classifier"]["name"] == "patternnet" and len(first["folds"]) == 3
+    second = lib.raw_pixel_reference(images, labels, cache=cache, folds=3, compute=False, mlp=short)
     assert second["cached"] is True and second["error"] == first["error"]
-    assert lib.raw_pixel_reference(images[::-1], labels[::-1], cache=cache, folds=3, compute=False) is None
+    assert lib.raw_pixel_reference(images[::-1], labels[::-1], cache=cache, folds=3, compute=False, mlp=short) is None
+    # another activation or classifier is another row
+    assert lib.raw_pixel_reference(images, labels, cache=cache, folds=3, compute=False,
+                                   mlp=dict(short, hidden_transfer="logsig")) is None
+    assert lib.raw_pixel_reference(images, labels, cache=cache, folds=3, compute=False, classifier="lbfgs") is None
 
 
 # ------------------------------------------------------------------ sparsity, compression
 
-def test_sparsity_counts_elements_below_a_share_of_the_largest():
+def test_sparsity_counts_magnitudes_at_most_a_share_of_the_largest():
     code = np.array([[-1.0, 0.0, 1.0, 2.0], [3.0, 4.0, 5.0, 10.0]])
-    # thresholds 1, 2, 3; negatives count as below (eq. 2 read literally)
-    assert lib.sparsity(code) == {"10": 25.0, "20": 37.5, "30": 50.0}
+    # eq. (2): |c| <= 1, 2, 3 (10/20/30 % of the largest element, 10)
+    assert lib.sparsity(code) == {"10": 37.5, "20": 50.0, "30": 62.5}
     assert lib.sparsity(np.ones((3, 2))) == {"10": 0.0, "20": 0.0, "30": 0.0}
+    signed = np.array([-20.0, -2.0, 1.0, 10.0])
+    assert lib.sparsity(signed) == {"10": 25.0, "20": 50.0, "30": 50.0}          # base: max c = 10
+    assert lib.sparsity(signed, base="absmax") == {"10": 50.0, "20": 50.0, "30": 50.0}   # base: max |c| = 20
+    assert lib.sparsity_readings(signed) == {"signed_below_max": 75.0, "abs_le_max": 50.0, "abs_le_absmax": 50.0}
+    with pytest.raises(CaeError, match="--sparsity-base: expected one of max, absmax"):
+        lib.sparsity(signed, base="mean")
 
 
 def test_compression_of_codes_is_the_papers():
@@ -248,7 +236,7 @@ FIGURES = ["code_map", "reconstructions", "reconstruction_grid", "blobs_digit5",
 
 def test_cli_writes_analysis_and_every_figure(tmp_path):
     run, _ = make_run(str(tmp_path))
-    proc = cli("analyze", run, "--reference-cache", str(tmp_path / "none.json"))
+    proc = cli("analyze", run, "--mlp-epochs", "200", "--reference-cache", str(tmp_path / "none.json"))
     assert proc.returncode == 0, proc.stderr
     assert "analysis.json: model3 D=10 linear 0.00 (paper 13.75)" in proc.stdout
     with open(os.path.join(run, "analysis.json")) as f:
@@ -256,7 +244,12 @@ def test_cli_writes_analysis_and_every_figure(tmp_path):
     assert out["net"] == "model3" and out["dim"] == 10 and out["n"] == 300
     assert out["linear_error"] < 1 and out["mlp_error"] < 1 and out["mlp_size"] == "10-42-10"
     assert set(out["per_class_error"]["mlp"]) == {str(d) for d in range(10)}
-    assert set(out["sparsity"]) == {"10", "20", "30"}
+    assert set(out["sparsity"]) == {"10", "20", "30"} and out["sparsity_base"] == "max"
+    assert out["classifier"]["mlp"]["name"] == "patternnet"
+    assert out["classifier"]["mlp"]["settings"]["epochs"] == 200
+    assert out["classifier"]["mlp"]["settings"]["hidden_transfer"] == "tansig"
+    assert [f["fold"] for f in out["mlp_folds"]] == list(range(10))
+    assert all(0 <= f["best_epoch"] <= f["epochs"] <= 200 for f in out["mlp_folds"])
     assert out["compression"]["total_bytes"] == 4684
     assert out["paper"]["linear_error"] == 13.75 and out["paper"]["mlp_error"] == 8.75
     assert out["paper"]["sparsity"] == {"30": 67.4} and out["paper"]["compression"]["ratio_percent"] == -490
@@ -276,7 +269,7 @@ def test_analysis_of_a_run_without_log_or_reconstructions(tmp_path):
     run, _ = make_run(str(tmp_path), n=200, dim=2, net="model4", log=False)
     with h5py.File(os.path.join(run, "codes.h5"), "a") as f:
         del f["reconstruction"]
-    out = lib.analyze_run(run, folds=5, diagram=False, reference_cache=None)
+    out = lib.analyze_run(run, folds=5, diagram=False, reference_cache=None, mlp={"epochs": 50})
     assert out["code_map"]["method"] == "code" and out["compression"]["total_bytes"] == 8
     assert set(out["figures_skipped"]) == {"reconstructions", "learning_curves", "net"}
     assert "figures/code_map.png" in out["figures"] and "figures/net.png" not in out["figures"]
@@ -288,6 +281,8 @@ def test_analysis_of_a_run_without_log_or_reconstructions(tmp_path):
     ("wrong_dim", "code has 10 columns, manifest says dim 30"),
     ("bad_log", "log.jsonl:2: not a JSON line"),
     ("other_images", "labels differ from codes.h5's"),
+    ("dead_unit", "MATLAB classify() refuses this code: pooled within-class covariance is singular: "
+                  "code dimension(s) 3 constant within every class"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, damage, message):
     run, test_h5 = make_run(str(tmp_path), n=200)
@@ -304,6 +299,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, damage, message):
     elif damage == "other_images":
         with h5py.File(test_h5, "a") as f:
             f["label"][...] = f["label"][...][::-1]
+    elif damage == "dead_unit":
+        with h5py.File(os.path.join(run, "codes.h5"), "a") as f:
+            f["code"][:, 3] = 0.5
     proc = cli("analyze", "--folds", "5", run)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and message in proc.stderr and "Traceback" not in proc.stderr
@@ -331,7 +329,7 @@ def test_real_short_run_is_analysed(tmp_path):
                     net="model3", dim=2, iters=30, seed=1,
                     overrides={"solver.display": 10, "solver.test_interval": 15, "solver.snapshot": 30})
     extract_lib.extract(run, stream=io.StringIO())
-    proc = cli("analyze", "--folds", "5", run, "--reference-cache", str(tmp_path / "none.json"))
+    proc = cli("analyze", "--folds", "5", "--mlp-epochs", "100", run, "--reference-cache", str(tmp_path / "none.json"))
     assert proc.returncode == 0, proc.stderr
     out = json.load(open(os.path.join(run, "analysis.json")))
     assert out["n"] == 300 and out["iterations"] == 30
@@ -346,7 +344,7 @@ def test_real_short_run_is_analysed(tmp_path):
 
 def test_benchmark_entry_runs_on_a_small_code():
     """The `caffe-cae bench` entry (timings only; the 10000 x 30 figure is a benchmark, not a test)."""
-    out = lib.benchmark(n=500, dim=2, jobs=1)
+    out = lib.benchmark(n=500, dim=2, jobs=1, mlp={"epochs": 50})
     assert out["n"] == 500 and out["dim"] == 2 and out["wall_seconds"] > 0
     assert {"linear", "mlp", "embedding", "figures", "total"} <= set(out["stages"])
     assert out["code"].startswith("PCA-2") and 0 <= out["linear_error"] < 80
