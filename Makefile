@@ -13,7 +13,7 @@ NET    ?= $(if $(filter siamese deep_ae,$(MODEL)),$(MODEL),model$(MODEL))
 CAE := $(VENV)/bin/caffe-cae
 PY  := $(VENV)/bin/python
 
-.PHONY: help setup prototxt schema engine data train test bench clean reproduce-quick reproduce tables relu
+.PHONY: help setup prototxt schema engine data train test bench clean reproduce-quick reproduce tables relu results
 
 help:
 	@echo "make setup | prototxt | engine | data | train MODEL=3 DIM=30 MODE=cpu | test | bench"
@@ -39,6 +39,7 @@ prototxt: setup
 schema:
 	$(VENV)/bin/pip install -q 'grpcio-tools==1.75.1'
 	$(PY) -m grpc_tools.protoc -Icaffe_cae/proto --python_out=caffe_cae/proto caffe_cae/proto/caffe_cae.proto
+	$(PY) -m grpc_tools.protoc -Icaffe_cae/proto --python_out=caffe_cae/proto caffe_cae/proto/noh2015.proto
 
 # MNIST idx .gz (MNIST_DIR, else data/mnist) -> data/hdf5/{train,test}{,_pairs}.h5 + list files.
 data: setup
@@ -80,6 +81,15 @@ reproduce-quick: setup engine data prototxt
 	$(CAE) grid --nets all --dims 10,2 --runs 1 --iters $(QUICK_ITERS) --mode $(MODE) $(if $(BACKEND),--backend $(BACKEND)) \
 	  --jobs $(JOBS) --out $(QUICK_OUT) --set data.train_size=10000 --analyze-arg=--folds=3
 	@echo "The report: $(CURDIR)/$(QUICK_OUT)/report/index.html"
+
+# Table 4 on the paper's schedule, published in results/ (small files; README section and
+# results/report/ remade): trains what is missing in caffe_cae/results.py's order, in
+# RESULTS_RUNS (snapshots; outside the work tree), resuming after any interruption.
+RESULTS_RUNS   ?= $(HOME)/.cache/caffe-cae/results-runs
+RESULTS_LIMIT  ?=
+results: setup data
+	$(CAE) results --runs $(RESULTS_RUNS) --jobs $(JOBS) --backend $(or $(BACKEND),torch) \
+	  $(if $(RESULTS_LIMIT),--limit $(RESULTS_LIMIT))
 
 # Tables 1-3 and the Section 5.1 compression figures, from the generated files (D = 2).
 tables: setup

@@ -117,26 +117,42 @@ def _fold(kind, x, y, train, test, hidden, seed):
     return [test], [pred], [info], time.process_time() - cpu
 
 
-def _patternnet_part(x, y, splits, ids, hidden, seed, settings):
-    """Some folds' patternnets in one process, one thread (see ``caffe_cae.classify``)."""
+def _patternnet_part(x, y, splits, ids, hidden, seed, settings, fold_dir=None):
+    """Some folds' patternnets in one process, one thread (see ``caffe_cae.classify``). With
+    ``fold_dir`` each fold's result is kept in ``fold_dir/fold<i>.json`` as it finishes, and a
+    fold found there is not trained again (long work resumes where it stopped)."""
     import torch
 
     torch.set_num_threads(1)
     cpu = time.process_time()
     classes, index = np.unique(y, return_inverse=True)
-    folds = [(x[splits[i][0]], index[splits[i][0]], x[splits[i][1]]) for i in ids]
-    preds, info = classify.patternnet_folds(folds, hidden, len(classes), seed=seed, settings=settings, fold_ids=ids)
-    return [splits[i][1] for i in ids], [classes[p] for p in preds], info, time.process_time() - cpu
+    preds, infos = [], []
+    for i in ids:
+        saved = os.path.join(fold_dir, "fold%d.json" % i) if fold_dir else None
+        if saved and os.path.exists(saved):
+            with open(saved, encoding="utf-8") as handle:
+                kept = json.load(handle)
+            preds.append(np.asarray(kept["pred"]))
+            infos.append(kept["info"])
+            continue
+        train, test = splits[i]
+        pred, info = classify.patternnet_folds([(x[train], index[train], x[test])], hidden, len(classes), seed=seed,
+                                               settings=settings, fold_ids=[i])
+        preds.append(classes[pred[0]])
+        infos.append(info[0])
+        if saved:
+            write_json(saved, {"pred": preds[-1].tolist(), "info": info[0]})
+    return [splits[i][1] for i in ids], preds, infos, time.process_time() - cpu
 
 
-def classify_cv(code, labels, kind, folds=FOLDS, seed=SEED, hidden=None, jobs=1, mlp=None):
+def classify_cv(code, labels, kind, folds=FOLDS, seed=SEED, hidden=None, jobs=1, mlp=None, fold_dir=None):
     """Out-of-fold predictions of ``kind`` with stratified k-fold CV: 'linear' (MATLAB
     classify), 'patternnet' (MATLAB patternnet + trainscg, the paper's MLP; ``mlp`` overrides
     its settings, ``caffe_cae.classify.MLP_DEFAULTS``) or 'lbfgs' (``lbfgs_mlp_predict``).
 
     Returns {"error": %, "per_class": {digit: %}, "confusion": [[...]], "seconds", "cpu_seconds",
     and for the MLPs "hidden" and "folds" (per-fold epochs or iterations)}. ``jobs`` processes
-    share the folds (joblib)."""
+    share the folds (joblib); ``fold_dir`` keeps each patternnet fold as it finishes (resume)."""
     from sklearn.model_selection import StratifiedKFold
 
     if kind not in CLASSIFIERS:
@@ -151,7 +167,7 @@ def classify_cv(code, labels, kind, folds=FOLDS, seed=SEED, hidden=None, jobs=1,
     splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y))
     if kind == "patternnet":
         shares = [list(range(folds))[j::jobs] for j in range(min(jobs, folds))]
-        tasks = [(_patternnet_part, (x, y, splits, ids, hidden, seed, settings)) for ids in shares]
+        tasks = [(_patternnet_part, (x, y, splits, ids, hidden, seed, settings, fold_dir)) for ids in shares]
     else:
         tasks = [(_fold, (kind, x, y, tr, te, hidden, seed + i)) for i, (tr, te) in enumerate(splits)]
     if jobs > 1 and len(tasks) > 1:
@@ -232,7 +248,9 @@ def raw_pixel_reference(images, labels, cache=REFERENCE_CACHE, folds=FOLDS, seed
 
     The cache is keyed by the number of images, a digest of images and labels, folds, seed
     and the classifier with its settings; a matching cached result is returned without
-    training. With ``compute=False`` a missing entry gives None."""
+    training. With ``compute=False`` a missing entry gives None. The patternnet's folds are
+    kept as they finish (``reference-folds/<key>/`` beside the cache), so an interrupted
+    computation resumes with the folds still missing."""
     import hashlib
 
     images = np.asarray(images, dtype=np.float32).reshape(len(images), -1)
@@ -250,13 +268,16 @@ def raw_pixel_reference(images, labels, cache=REFERENCE_CACHE, folds=FOLDS, seed
         return dict(store[key], cached=True)
     if not compute:
         return None
+    partial = os.path.join(os.path.dirname(os.path.abspath(cache)), "reference-folds", key) if cache else None
     result = classify_cv(images, labels, classifier, folds=folds, seed=seed, hidden=mlp_hidden_size(784), jobs=jobs,
-                         mlp=mlp)
+                         mlp=mlp, fold_dir=partial)
     result.pop("confusion", None)
     result["size"] = "784-%d-10" % result["hidden"]
     if cache:
         store[key] = result
         write_json(cache, store)
+        if partial:
+            shutil.rmtree(partial, ignore_errors=True)
     return dict(result, cached=False)
 
 

@@ -543,9 +543,11 @@ def usable_cores():
         return os.cpu_count() or 1
 
 
-def run_local(out, plan, config, jobs, retry_failed=False, log=print):
+def run_local(out, plan, config, jobs, retry_failed=False, log=print, on_done=None, report=True):
     """Run the grid here with ``jobs`` workers; returns {"done": n, "failed": m, ...}.
-    ``config["batch_runs"]`` > 1: runs of one (net, D) train at once (:func:`run_batch`)."""
+    ``config["batch_runs"]`` > 1: runs of one (net, D) train at once (:func:`run_batch`).
+    ``on_done(run)`` is called (in a worker thread) as each single run finishes; ``report``:
+    make the grid's report at the end."""
     check_output_dir(out, count_unfinished(out, plan))
     todo = prepare(out, plan, config, retry_failed)
     threads = max(1, usable_cores() // max(1, jobs))
@@ -563,7 +565,10 @@ def run_local(out, plan, config, jobs, retry_failed=False, log=print):
                 log(msg)
         if len(unit) > 1:
             return run_batch(out, unit, config, env, log=say, stopper=stopper)
-        return run_stages(out, unit[0], config, env, log=say, stopper=stopper)
+        status = run_stages(out, unit[0], config, env, log=say, stopper=stopper)
+        if status == "done" and on_done is not None:
+            on_done(unit[0])
+        return status
 
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, stopper.stop) if in_main else None
@@ -586,7 +591,8 @@ def run_local(out, plan, config, jobs, retry_failed=False, log=print):
     if stopper.event.is_set():
         log("[grid] interrupted: run the same command again to finish what is missing")
         return dict(counts, interrupted=True)
-    make_report(out, plan, log=log)
+    if report:
+        make_report(out, plan, log=log)
     return summary(out, plan)
 
 

@@ -21,6 +21,7 @@ COMMANDS = {
     "analyze": "analyze",
     "report": "report",
     "grid": "grid",
+    "results": "results",
 }
 
 
