@@ -64,6 +64,20 @@ def backend_label(record):
     return train_be if extract_be in (None, train_be) else "%s / %s" % (train_be, extract_be)
 
 
+def mlp_label(analysis):
+    """The MLP an analysis used, e.g. ``patternnet tansig, 6000 epochs``; says when the
+    epochs differ from the paper's 6000 (``reproduce-quick``)."""
+    mlp = (analysis.get("classifier") or {}).get("mlp")
+    if not isinstance(mlp, dict):
+        return None
+    settings = mlp.get("settings") or {}
+    if mlp.get("name") != "patternnet":
+        return mlp.get("name")
+    epochs = settings.get("epochs")
+    note = "" if epochs == 6000 else " (the paper: 6000)"
+    return "patternnet %s, %s epochs%s" % (settings.get("hidden_transfer"), epochs, note)
+
+
 def read_run(run_dir):
     """One run as a flat record for the tables."""
     manifest = _load_json(os.path.join(run_dir, "manifest.json")) or {}
@@ -96,6 +110,7 @@ def read_run(run_dir):
         "train": train if all(v is not None for v in train) else None,
         "test": test if all(v is not None for v in test) else None,
         "linear_error": analysis.get("linear_error"), "mlp_error": analysis.get("mlp_error"),
+        "mlp": mlp_label(analysis),
         "sparsity": sparsity.get("30") if isinstance(sparsity, dict) else sparsity,
         "figures": [os.path.join(run_dir, f) for f in analysis.get("figures", [])
                     if os.path.exists(os.path.join(run_dir, f))],
@@ -259,11 +274,12 @@ def _html_table(header, body, caption):
 
 
 def conditions(records):
-    """Engine, Caffe version, CPU/GPU, backend and iterations of the runs."""
+    """Engine, Caffe version, CPU/GPU, backend, iterations and MLP classifier of the runs."""
     def distinct(key):
         return sorted({str(r[key]) for r in records if r[key] is not None}) or ["n/a"]
     return {"engine": distinct("engine"), "caffe_version": distinct("caffe_version"), "mode": distinct("mode"),
-            "backend": distinct("backend"), "iterations": distinct("iterations"), "runs": len(records),
+            "backend": distinct("backend"), "iterations": distinct("iterations"), "mlp": distinct("mlp"),
+            "runs": len(records),
             "failed": [r["name"] for r in records if r["status"] == "failed"]}
 
 
