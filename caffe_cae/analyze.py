@@ -376,11 +376,15 @@ def read_manifest(run_dir):
     return manifest
 
 
-def read_codes(run_dir):
+CODE_FILES = {"test": "codes.h5", "train": "codes_train.h5"}
+
+
+def read_codes(run_dir, split="test"):
     """{"code": N x D float32, "label": N int, "reconstruction": N x 28 x 28 or None, "attrs"}."""
-    path = os.path.join(run_dir, "codes.h5")
+    path = os.path.join(run_dir, CODE_FILES[split])
     if not os.path.exists(path):
-        raise CaeError("%s: not found; run `caffe-cae extract %s` first" % (path, run_dir))
+        raise CaeError("%s: not found; run `caffe-cae extract%s %s` first"
+                       % (path, "" if split == "test" else " --split " + split, run_dir))
     with _h5(path, "codes") as f:
         for name in ("code", "label"):
             if name not in f:
@@ -967,6 +971,35 @@ def analyze_run(run_dir, folds=FOLDS, seed=SEED, jobs=1, test_h5=None, diagram=T
     result.update(figures=figures, figures_skipped=skipped, timings=timings,
                   classifier={"linear": classifier_description("linear"), "mlp": net_mlp["classifier"]})
     write_json(os.path.join(run_dir, "analysis.json"), result)
+    return result
+
+
+def classify_split(run_dir, split="train", folds=FOLDS, seed=SEED, jobs=1, classifier="patternnet", mlp=None,
+                   sparsity_base="max", progress=None):
+    """Table 4's error and sparsity columns on another split's codes (``codes_train.h5``: the
+    60000 training images), 10-fold CV as for the test codes; writes
+    ``RUN_DIR/analysis_<split>.json`` and returns it. No figures."""
+    say = progress or (lambda message: None)
+    run_dir = os.path.abspath(run_dir)
+    manifest = read_manifest(run_dir)
+    codes = read_codes(run_dir, split)
+    code, labels = codes["code"], codes["label"]
+    _check_folds(labels, folds, os.path.join(run_dir, CODE_FILES[split]) + ": label")
+    try:
+        classify.check_classify(code, labels)
+    except classify.SingularCovariance as exc:
+        raise CaeError("%s: MATLAB classify() refuses this code: %s" % (run_dir, exc)) from None
+    say("%s: %s codes: linear classifier and MLP (%d-fold)" % (run_dir, split, folds))
+    linear = classify_cv(code, labels, "linear", folds=folds, seed=seed)
+    net_mlp = classify_cv(code, labels, classifier, folds=folds, seed=seed, jobs=jobs, mlp=mlp)
+    result = {"net": manifest["net"], "dim": int(manifest["dim"]), "split": split, "n": int(len(code)),
+              "folds": folds, "seed": seed, "linear_error": linear["error"], "mlp_error": net_mlp["error"],
+              "per_class_error": {"linear": linear["per_class"], "mlp": net_mlp["per_class"]},
+              "mlp_folds": net_mlp["folds"], "sparsity": sparsity(code, base=sparsity_base),
+              "sparsity_base": sparsity_base, "sparsity_readings": sparsity_readings(code),
+              "classifier": {"linear": classifier_description("linear"), "mlp": net_mlp["classifier"]},
+              "seconds": round(linear["seconds"] + net_mlp["seconds"], 3)}
+    write_json(os.path.join(run_dir, "analysis_%s.json" % split), result)
     return result
 
 

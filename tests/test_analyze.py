@@ -348,3 +348,18 @@ def test_benchmark_entry_runs_on_a_small_code():
     assert out["n"] == 500 and out["dim"] == 2 and out["wall_seconds"] > 0
     assert {"linear", "mlp", "embedding", "figures", "total"} <= set(out["stages"])
     assert out["code"].startswith("PCA-2") and 0 <= out["linear_error"] < 80
+
+
+def test_train_split_codes_give_their_own_errors(tmp_path):
+    run, _ = make_run(str(tmp_path), n=200)
+    code, labels = lib.synthetic_codes(400, 10, seed=5, separation=10.0)
+    with h5py.File(os.path.join(run, "codes_train.h5"), "w") as f:
+        f["code"], f["label"] = code, labels.astype(np.float32)
+    proc = cli("analyze", "--split", "train", "--folds", "4", "--mlp-epochs", "30", run)
+    assert proc.returncode == 0, proc.stderr
+    out = json.load(open(os.path.join(run, "analysis_train.json")))
+    assert out["split"] == "train" and out["n"] == 400 and out["linear_error"] < 1 and len(out["mlp_folds"]) == 4
+    assert not os.path.exists(os.path.join(run, "analysis.json"))
+    os.unlink(os.path.join(run, "codes_train.h5"))
+    proc = cli("analyze", "--split", "train", run)
+    assert proc.returncode == 2 and "extract --split train" in proc.stderr and proc.stderr.count("\n") == 1

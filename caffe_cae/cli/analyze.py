@@ -22,6 +22,9 @@ from .options import run_guarded
               help="patternnet's training epochs (the paper: 6000).")
 @click.option("--sparsity-base", type=click.Choice(["max", "absmax"]), default="max", show_default=True,
               help="Eq. (2)'s threshold is t % of the code's largest element (max) or largest magnitude (absmax).")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
+              help="Which codes: test (codes.h5, the paper's; every figure) or train (codes_train.h5 from "
+                   "`extract --split train`: the errors and sparsity only, into analysis_train.json).")
 @click.option("--test-h5", type=click.Path(dir_okay=False), default=None,
               help="Test images for the reconstruction figures [default: the run manifest's data.test.images].")
 @click.option("--no-diagram", is_flag=True, help="Skip the graphviz net diagram.")
@@ -31,7 +34,7 @@ from .options import run_guarded
 @click.option("--reference-cache", type=click.Path(dir_okay=False), show_default=True,
               default=os.path.join("~", ".cache", "caffe-cae", "reference_mlp_784.json"),
               help="JSON cache of the raw-pixel reference result.")
-def cli(run_dirs, folds, seed, jobs, classifier, mlp_transfer, mlp_epochs, sparsity_base, test_h5, no_diagram,
+def cli(run_dirs, folds, seed, jobs, classifier, mlp_transfer, mlp_epochs, sparsity_base, split, test_h5, no_diagram,
         reference, reference_cache):
     """Classify, measure and draw each RUN_DIR; write RUN_DIR/analysis.json and RUN_DIR/figures/."""
     from .. import analyze as lib
@@ -45,6 +48,13 @@ def cli(run_dirs, folds, seed, jobs, classifier, mlp_transfer, mlp_epochs, spars
         click.echo(message, err=True)
 
     for run_dir in run_dirs:
+        if split != "test":
+            out = run_guarded(lib.classify_split, run_dir, split, folds=folds, seed=seed, jobs=jobs,
+                              classifier=classifier, mlp=mlp, sparsity_base=sparsity_base, progress=say)
+            click.echo("%s: %s D=%d, %d %s codes: linear %.2f %%, MLP %.2f %%, sparsity30 %.2f %%" % (
+                os.path.join(run_dir, "analysis_%s.json" % split), out["net"], out["dim"], out["n"], split,
+                out["linear_error"], out["mlp_error"], out["sparsity"]["30"]))
+            continue
         if reference:
             run_guarded(_reference, lib, run_dir, test_h5, cache, folds, seed, jobs, classifier, mlp, raw_paper, say)
         out = run_guarded(lib.analyze_run, run_dir, folds=folds, seed=seed, jobs=jobs, test_h5=test_h5,
