@@ -363,3 +363,15 @@ def test_train_split_codes_give_their_own_errors(tmp_path):
     os.unlink(os.path.join(run, "codes_train.h5"))
     proc = cli("analyze", "--split", "train", run)
     assert proc.returncode == 2 and "extract --split train" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_linear_only_on_the_training_codes(tmp_path):
+    run, _ = make_run(str(tmp_path), n=200)
+    code, labels = lib.synthetic_codes(400, 10, seed=5, separation=10.0)
+    with h5py.File(os.path.join(run, "codes_train.h5"), "w") as f:
+        f["code"], f["label"] = code, labels.astype(np.float32)
+    proc = cli("analyze", "--split", "train", "--mlp", "none", "--folds", "4", run)
+    assert proc.returncode == 0 and "MLP -" in proc.stdout, proc.stderr
+    assert json.load(open(os.path.join(run, "analysis_train.json")))["mlp_error"] is None
+    proc = cli("analyze", "--mlp", "none", run)
+    assert proc.returncode == 2 and "--mlp none: only with --split train" in proc.stderr

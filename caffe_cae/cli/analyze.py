@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from .options import run_guarded
+from .options import fail, run_guarded
 
 @click.command("analyze")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
@@ -13,9 +13,10 @@ from .options import run_guarded
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds, MLP weights, t-SNE, digit picks.")
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
               help="Parallel MLP folds and t-SNE threads.")
-@click.option("--mlp", "classifier", type=click.Choice(["patternnet", "lbfgs"]), default="patternnet",
+@click.option("--mlp", "classifier", type=click.Choice(["patternnet", "lbfgs", "none"]), default="patternnet",
               show_default=True, help="The MLP: MATLAB's patternnet + trainscg as the paper ran it, or "
-                                      "scikit-learn's L-BFGS MLP trained to convergence (faster; overfits).")
+                                      "scikit-learn's L-BFGS MLP trained to convergence (faster; overfits); "
+                                      "none (only with --split train): the linear classifier alone.")
 @click.option("--mlp-transfer", type=click.Choice(["tansig", "logsig"]), default="tansig", show_default=True,
               help="patternnet's hidden transfer function (MATLAB's default tansig; logsig: the logistic).")
 @click.option("--mlp-epochs", type=click.IntRange(min=1), default=6000, show_default=True,
@@ -47,13 +48,16 @@ def cli(run_dirs, folds, seed, jobs, classifier, mlp_transfer, mlp_epochs, spars
     def say(message):
         click.echo(message, err=True)
 
+    if classifier == "none" and split == "test":
+        fail("--mlp none: only with --split train (Table 4 on the test codes has both classifiers)")
     for run_dir in run_dirs:
         if split != "test":
             out = run_guarded(lib.classify_split, run_dir, split, folds=folds, seed=seed, jobs=jobs,
                               classifier=classifier, mlp=mlp, sparsity_base=sparsity_base, progress=say)
-            click.echo("%s: %s D=%d, %d %s codes: linear %.2f %%, MLP %.2f %%, sparsity30 %.2f %%" % (
+            click.echo("%s: %s D=%d, %d %s codes: linear %.2f %%, MLP %s, sparsity30 %.2f %%" % (
                 os.path.join(run_dir, "analysis_%s.json" % split), out["net"], out["dim"], out["n"], split,
-                out["linear_error"], out["mlp_error"], out["sparsity"]["30"]))
+                out["linear_error"], "-" if out["mlp_error"] is None else "%.2f %%" % out["mlp_error"],
+                out["sparsity"]["30"]))
             continue
         if reference:
             run_guarded(_reference, lib, run_dir, test_h5, cache, folds, seed, jobs, classifier, mlp, raw_paper, say)
