@@ -20,7 +20,8 @@ from engine_support import require_engine
 
 #: tiny data: the analysis's 10-fold cross-validation wants some tens of test images per digit
 N_TRAIN, N_TEST = 250, 300
-SCHEDULE = ["--set", "solver.display=5", "--set", "solver.test_interval=10", "--set", "solver.snapshot=5"]
+SCHEDULE = ["--set", "solver.display=5", "--set", "solver.test_interval=10", "--set", "solver.snapshot=5",
+            "--analyze-arg=--mlp-epochs=50"]
 
 
 def run_grid(*args, cwd=None, timeout=1200, extra_env=None):

@@ -173,7 +173,7 @@ def test_batch_interrupted_and_resumed_logs_like_single_runs(work):
 def test_grid_batch_runs_end_to_end(work):
     out = os.path.join(work, "g")
     args = ["grid", "--nets", "model4", "--dims", "2", "--runs", "2", "--iters", "10", "--backend", "torch",
-            "--batch-runs", "2", "--out", out, "--analyze-arg=--folds=2", *SCHEDULE]
+            "--batch-runs", "2", "--out", out, "--analyze-arg=--folds=2", "--analyze-arg=--mlp-epochs=50", *SCHEDULE]
     dry = cli(*args, "--dry-run", cwd=work)
     assert dry.returncode == 0 and "# batch of 2 runs, trained at once: model4_d2_run1 model4_d2_run2" in dry.stdout
     assert dry.stdout.count("caffe_cae train ") == 1 and "--batch 1:" in dry.stdout and "--batch 2:" in dry.stdout
