@@ -78,46 +78,50 @@ def mlp_settings(**overrides):
 
 def matlab_classify(train_x, train_y, test_x):
     """MATLAB ``classify(test_x, train_x, train_y)``, type 'linear', uniform priors."""
-    train_x = np.asarray(train_x, dtype=np.float64)
+    classes, means, resid = _class_residuals(train_x, train_y)
+    r = _pooled_factor(resid, len(classes))
     test_x = np.asarray(test_x, dtype=np.float64)
-    classes, where = np.unique(train_y, return_inverse=True)
-    n, d = train_x.shape
-    k = len(classes)
-    if n <= k:
-        raise SingularCovariance("%d training samples for %d classes: the pooled covariance needs more" % (n, k))
-    means = np.stack([train_x[where == i].mean(axis=0) for i in range(k)])
-    resid = train_x - means[where]
-    r = np.linalg.qr(resid, mode="r") / np.sqrt(n - k)          # pooled covariance = r' r
-    s = np.linalg.svd(r, compute_uv=False)
-    if s.size < d or np.any(s <= max(n, d) * np.spacing(s.max() if s.size else 1.0)):
-        raise SingularCovariance(degenerate_message(resid))
-    # log posterior up to constants shared by all classes (uniform priors, one covariance)
+    k, d = means.shape
+    # Mahalanobis distances to the class means; the log priors (uniform) and the log
+    # determinant are shared by all classes and drop out of the arg max
     a = np.linalg.solve(r.T, (test_x[:, None, :] - means[None]).reshape(-1, d).T).T.reshape(len(test_x), k, d)
     return classes[np.argmin(np.sum(a * a, axis=2), axis=1)]
 
 
+def check_classify(code, labels):
+    """Refuse before any slow work when classify() would refuse the whole code."""
+    classes, _, resid = _class_residuals(code, labels)
+    _pooled_factor(resid, len(classes))
+
+
+def _class_residuals(x, y):
+    """(classes, class means K x D, samples minus their class mean N x D)."""
+    x = np.asarray(x, dtype=np.float64)
+    classes, where = np.unique(np.asarray(y), return_inverse=True)
+    means = np.stack([x[where == i].mean(axis=0) for i in range(len(classes))])
+    return classes, means, x - means[where]
+
+
+def _pooled_factor(resid, k):
+    """R with R'R = the pooled covariance (over N - K), refused as MATLAB refuses it."""
+    n, d = resid.shape
+    if n <= k:
+        raise SingularCovariance("%d training samples for %d classes: the pooled covariance needs more" % (n, k))
+    r = np.linalg.qr(resid, mode="r") / np.sqrt(n - k)
+    s = np.linalg.svd(r, compute_uv=False)
+    if s.size < d or np.any(s <= max(n, d) * np.spacing(s.max())):
+        raise SingularCovariance(degenerate_message(resid))
+    return r
+
+
 def degenerate_message(resid):
     """Which code dimensions make the pooled covariance singular, in words."""
-    spread = np.abs(resid).max(axis=0)
-    flat = [str(i) for i in np.flatnonzero(spread == 0)]
+    flat = [str(i) for i in np.flatnonzero(np.abs(resid).max(axis=0) == 0)]
     if flat:
         return "pooled within-class covariance is singular: code dimension(s) %s constant within every class" \
                % ", ".join(flat)
-    rank = np.linalg.matrix_rank(resid)
     return "pooled within-class covariance is singular: rank %d of %d (linearly dependent code dimensions)" \
-           % (rank, resid.shape[1])
-
-
-def check_classify(code, labels):
-    """Refuse before any slow work when classify() would refuse on the whole code."""
-    code = np.asarray(code, dtype=np.float64)
-    labels = np.asarray(labels)
-    classes, where = np.unique(labels, return_inverse=True)
-    means = np.stack([code[where == i].mean(axis=0) for i in range(len(classes))])
-    resid = code - means[where]
-    s = np.linalg.svd(resid, compute_uv=False)
-    if s.size < code.shape[1] or np.any(s <= max(code.shape) * np.spacing(s.max())):
-        raise SingularCovariance(degenerate_message(resid))
+           % (np.linalg.matrix_rank(resid), resid.shape[1])
 
 
 # ---------------------------------------------------------------- scaled conjugate gradient
