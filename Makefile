@@ -13,10 +13,15 @@ NET    ?= $(if $(filter siamese deep_ae,$(MODEL)),$(MODEL),model$(MODEL))
 CAE := $(VENV)/bin/caffe-cae
 PY  := $(VENV)/bin/python
 
-.PHONY: help setup prototxt schema engine data train test bench clean reproduce-quick reproduce tables relu results
+.PHONY: help deps setup prototxt schema engine data train test bench clean reproduce-quick reproduce tables relu results
 
 help:
-	@echo "make setup | prototxt | engine | data | train MODEL=3 DIM=30 MODE=cpu | test | bench"
+	@echo "make deps | setup | prototxt | engine | data | train MODEL=3 DIM=30 MODE=cpu | test | bench"
+
+# The system packages, one list: deps/debian-packages.txt. As root on Debian/Ubuntu the missing
+# ones are installed with apt-get; otherwise one line names them and how to install them (exit 2).
+deps:
+	@sh deps/install.sh
 
 # A virtual environment with the package (editable), the test tools and PyTorch for the
 # second backend. TORCH pins the CPU build that lies on this machine's disk; elsewhere set
@@ -47,7 +52,7 @@ data: setup
 
 # The Caffe engine: BVLC Caffe 1.0 + Unpooling in a cached Debian bullseye root file system
 # (~/.cache/caffe-cae/engine/<recipe hash>, or $CAFFE_CAE_CACHE); rebuilt only when the recipe changes.
-engine: setup
+engine: deps setup
 	$(CAE) engine build
 
 # Train one net: run directory RUN_DIR (manifest.json, log.jsonl, snapshots); seed = RUN.
@@ -71,7 +76,7 @@ EXECUTOR    ?= local
 GRID_OUT    ?= runs/paper
 QUICK_OUT   ?= runs/quick$(if $(filter torch,$(BACKEND)),_torch)
 BATCH_RUNS  ?= 1
-reproduce: setup engine data prototxt
+reproduce: deps setup engine data prototxt
 	$(CAE) grid --nets all --dims paper --runs 3 --iters 50000 --mode $(MODE) $(if $(BACKEND),--backend $(BACKEND)) \
 	  --batch-runs $(BATCH_RUNS) --executor $(EXECUTOR) --jobs $(JOBS) --out $(GRID_OUT)
 
@@ -79,7 +84,7 @@ reproduce: setup engine data prototxt
 # train-stage loss is measured on the first 10000 training images (the paper: all 60000)
 # and its classifiers are cross-validated with 3 folds (the paper: 10), the MLP trained for
 # QUICK_MLP_EPOCHS epochs (the paper: 6000; the report's conditions say so).
-reproduce-quick: setup engine data prototxt
+reproduce-quick: deps setup engine data prototxt
 	$(CAE) grid --nets all --dims 10,2 --runs 1 --iters $(QUICK_ITERS) --mode $(MODE) $(if $(BACKEND),--backend $(BACKEND)) \
 	  --jobs $(JOBS) --out $(QUICK_OUT) --set data.train_size=10000 --analyze-arg=--folds=3 \
 	  --analyze-arg=--mlp-epochs=$(QUICK_MLP_EPOCHS)
@@ -105,8 +110,8 @@ relu: data
 	-$(CAE) train --net $(NET) --dim $(DIM) --mode $(MODE) --iters 200 --seed 1 --out runs/relu_$(NET)_d$(DIM) \
 	  --force --set net.activation=relu
 
-# The README's test command: set up, build or reuse the engine, run every test.
-test: setup engine
+# The README's test command: system packages, set up, build or reuse the engine, run every test.
+test: deps setup engine
 	$(PY) -m pytest tests
 
 clean:

@@ -1085,7 +1085,7 @@ def benchmark(n=10000, dim=30, jobs=2, seed=SEED, work=None, mlp=None):
             for it in range(100, 50001, 100):
                 f.write(json.dumps({"iter": it, "phase": "train", "loss": {"cross_entropy": 60 + 1e4 / it,
                                                                            "euclidean": 2 + 1e3 / it}}) + "\n")
-        proto = os.path.join(REPO_ROOT, "generated", "modern", "model4_d%d_train_test.prototxt" % dim)
+        proto = os.path.join(REPO_ROOT or "", "generated", "modern", "model4_d%d_train_test.prototxt" % dim)
         files = {}
         if os.path.exists(proto):
             shutil.copy(proto, os.path.join(run, os.path.basename(proto)))

@@ -71,8 +71,9 @@ def _quiet(_message):
 
 
 def mnist_dir(path=None):
-    """The MNIST directory: ``path``, else ``$MNIST_DIR``, else ``data/mnist`` in the repository."""
-    return path or os.environ.get("MNIST_DIR") or os.path.join(REPO_ROOT, "data", "mnist")
+    """The MNIST directory: ``path``, else ``$MNIST_DIR``, else ``data/mnist`` in the repository
+    (in the current directory when the package is installed from a wheel)."""
+    return path or os.environ.get("MNIST_DIR") or os.path.join(REPO_ROOT or "", "data", "mnist")
 
 
 def _read_raw(path):

@@ -10,7 +10,11 @@ with this project's Unpooling layer, built by ``docker/build-caffe.sh``. Three k
   which the same script ran, cached in ``$CAFFE_CAE_CACHE/engine/<recipe hash>/`` (default
   ``~/.cache/caffe-cae``), entered with ``bwrap`` (no mount outlives the command). The hash
   covers the build script, the patch, the layer sources and ``caffe_cae/proto/caffe_cae.proto``,
-  so the engine is rebuilt exactly when the recipe changes.
+  so the engine is rebuilt exactly when the recipe changes. The recipe is read from the
+  package (``caffe_cae/docker`` is the repository's ``docker/``), so a wheel install finds the
+  same recipe, hash and cached engine as the checkout. The Debian mirror debootstrap uses
+  (``$CAFFE_CAE_DEBIAN_MIRROR``, else the first Debian mirror of the host's apt sources) is
+  not part of the hash.
 
 ``CAFFE_CAE_ENGINE=auto|host|docker|rootfs`` chooses; ``auto`` takes the first of host,
 docker, rootfs that can be had, building the root file system on first use.
@@ -26,8 +30,10 @@ API (used by the other stages)::
 Inside the engine the current directory (or ``cwd``), the repository and the data
 directory (``$MNIST_DIR`` if set, and ``<repo>/data``) are visible at the same absolute
 paths, ``/tmp`` is the host's, ``PYTHONPATH`` holds pycaffe and the repository root (so
-``python3 -m caffe_cae.xxx`` works), ``GLOG_minloglevel`` defaults to 2, and the thread
-variables (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ...) are passed through.
+``python3 -m caffe_cae.xxx`` works; a package installed from a wheel is bound alone at
+``/run/caffe-cae/python/caffe_cae``, as its site-packages would shadow the engine's numpy),
+``GLOG_minloglevel`` defaults to 2, and the thread variables (``OMP_NUM_THREADS``,
+``OPENBLAS_NUM_THREADS``, ...) are passed through.
 
 Limits: building the root file system needs root (debootstrap, bwrap) and Debian's package
 archive; running it needs bwrap (root, or unprivileged user namespaces). The docker kind is
@@ -35,9 +41,11 @@ not exercised on machines without a Docker daemon. Paths inside the engine's own
 directories (/usr, /etc, /opt, ...) cannot be bound as working directories.
 """
 import fcntl
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -45,7 +53,7 @@ import sys
 import threading
 import time
 
-from . import REPO_ROOT
+from . import PACKAGE_DIR, REPO_ROOT
 from .errors import CaeError
 
 KINDS = ("auto", "host", "docker", "rootfs")
@@ -58,6 +66,8 @@ PREFIX = "/opt/caffe"
 CAFFE_PYTHON_DIR = PREFIX + "/lib/python3/dist-packages"
 RECIPE_IN_ROOTFS = "/opt/caffe-cae/recipe"
 DEFAULT_IMAGE = "caffe-cae:cpu"
+#: Where the rootfs and docker engines see a package installed outside a checkout (on PYTHONPATH).
+PACKAGE_PARENT_IN_ENGINE = "/run/caffe-cae/python"
 #: Environment variables passed through into the engine when set on the host.
 PASS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "GLOG_minloglevel",
             "GLOG_logtostderr", "GLOG_v", "MNIST_DIR", "CAFFE_CAE_REQUIRE_ENGINE", "TERM",
@@ -82,10 +92,16 @@ print(json.dumps({"caffe": True, "caffe_version": getattr(caffe, "__version__", 
 """
 
 
+def recipe_path(rel):
+    """The file read for the recipe file ``rel`` (a repository-relative name, as hashed): under the
+    package, whose docker/ is the repository's docker/ (a link in a checkout, a copy in a wheel)."""
+    return os.path.join(PACKAGE_DIR, rel[len("caffe_cae/"):] if rel.startswith("caffe_cae/") else rel)
+
+
 def recipe_files():
     """The files whose content defines the engine (sorted repository-relative paths)."""
     files = ["docker/build-caffe.sh", "docker/patch-caffe.py", "caffe_cae/proto/caffe_cae.proto"]
-    layer_dir = os.path.join(REPO_ROOT, "docker", "unpooling")
+    layer_dir = recipe_path("docker/unpooling")
     if os.path.isdir(layer_dir):
         files += ["docker/unpooling/" + n for n in os.listdir(layer_dir)
                   if n.endswith((".hpp", ".cpp", ".cu"))]
@@ -96,7 +112,7 @@ def recipe_contents():
     """{repository-relative path: bytes} of the recipe files, read once."""
     out = {}
     for rel in recipe_files():
-        path = os.path.join(REPO_ROOT, rel)
+        path = recipe_path(rel)
         try:
             with open(path, "rb") as f:
                 out[rel] = f.read()
@@ -137,9 +153,21 @@ def _inside_env(env, extra_pythonpath):
     return out
 
 
+def engine_pythonpath():
+    """The directory on the engine's PYTHONPATH from which ``import caffe_cae`` works: the checkout
+    (bound at its own path), else PACKAGE_PARENT_IN_ENGINE (see package_bind)."""
+    return REPO_ROOT or PACKAGE_PARENT_IN_ENGINE
+
+
+def package_bind():
+    """(host dir, dir inside the engine) for a package installed outside a checkout, else None: the
+    package directory alone, since the site-packages around it holds host builds of numpy etc."""
+    return None if REPO_ROOT else (PACKAGE_DIR, PACKAGE_PARENT_IN_ENGINE + "/caffe_cae")
+
+
 def visible_paths(cwd):
     """Absolute host paths bound into the engine at the same place (outermost only)."""
-    paths = [cwd, REPO_ROOT, os.path.join(REPO_ROOT, "data")]
+    paths = [cwd] + ([REPO_ROOT, os.path.join(REPO_ROOT, "data")] if REPO_ROOT else [])
     if os.environ.get("MNIST_DIR"):
         paths.append(os.environ["MNIST_DIR"])
     keep = []
@@ -200,7 +228,8 @@ class HostEngine(Engine):
 
     def command(self, argv, cwd=None, env=None):
         cwd = os.path.abspath(cwd or os.getcwd())
-        pythonpath = [REPO_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        pythonpath = [os.path.dirname(PACKAGE_DIR)]
+        pythonpath += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         inside = dict(os.environ)
         inside.setdefault("GLOG_minloglevel", "2")
         inside["PYTHONPATH"] = os.pathsep.join(pythonpath)
@@ -235,7 +264,10 @@ class DockerEngine(Engine):
         for p in visible_paths(cwd):
             cmd += ["-v", "%s:%s" % (p, p)]
         cmd += ["-w", cwd]
-        inside = _inside_env(env, [CAFFE_PYTHON_DIR, REPO_ROOT])
+        bind = package_bind()
+        if bind:
+            cmd += ["-v", "%s:%s:ro" % bind]
+        inside = _inside_env(env, [CAFFE_PYTHON_DIR, engine_pythonpath()])
         inside.pop("PATH")
         for k, v in sorted(inside.items()):
             cmd += ["-e", "%s=%s" % (k, v)]
@@ -257,6 +289,10 @@ class DockerEngine(Engine):
                               stderr=subprocess.DEVNULL).returncode == 0
         if have:
             return
+        if not REPO_ROOT:
+            raise CaeError("the Docker image %s is built from a checkout of caffe-cae: docker build -f "
+                           "docker/Dockerfile.cpu -t %s . (or use the rootfs engine: caffe-cae engine build)"
+                           % (self.location, self.location))
         print("[engine] building Docker image %s from docker/Dockerfile.cpu" % self.location, file=log)
         proc = subprocess.run(["docker", "build", "-f", os.path.join(REPO_ROOT, "docker", "Dockerfile.cpu"),
                                "-t", self.location, REPO_ROOT])
@@ -299,10 +335,13 @@ class RootfsEngine(Engine):
                 "--dir", "/root", "--dir", "/run"]
         for p in visible_paths(cwd):
             cmd += ["--bind", p, p]
+        bind = package_bind()
+        if bind:
+            cmd += ["--ro-bind", bind[0], bind[1]]
         for host, inside in sorted((ro_binds or {}).items()):
             cmd += ["--ro-bind", host, inside]
         cmd += ["--chdir", cwd, "--clearenv"]
-        for k, v in sorted(_inside_env(env, [CAFFE_PYTHON_DIR, REPO_ROOT]).items()):
+        for k, v in sorted(_inside_env(env, [CAFFE_PYTHON_DIR, engine_pythonpath()]).items()):
             cmd += ["--setenv", k, v]
         return cmd + ["--"] + list(argv)
 
@@ -318,6 +357,79 @@ class RootfsEngine(Engine):
         meta = self.metadata()
         info.update(recipe=meta.get("recipe"), built=meta.get("built"), build_seconds=meta.get("build_seconds"))
         return info
+
+
+#: Suites of Debian's own archive: an apt source for one of them is a Debian mirror (the
+#: -security archive is not one, nor another distribution's or vendor's repository).
+DEBIAN_SUITES = ("jessie", "stretch", "buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid",
+                 "oldoldstable", "oldstable", "stable", "testing", "unstable", "experimental")
+_SUITE_SUFFIXES = ("-updates", "-backports", "-proposed-updates", "-backports-sloppy")
+
+
+def _debian_suite(suite):
+    for suffix in _SUITE_SUFFIXES:
+        if suite.endswith(suffix):
+            suite = suite[:-len(suffix)]
+            break
+    return suite in DEBIAN_SUITES
+
+
+def apt_source_files(apt_dir="/etc/apt"):
+    """The host's apt source files in apt's order: sources.list, then sources.list.d/ (sorted)."""
+    files = [os.path.join(apt_dir, "sources.list")]
+    files += sorted(glob.glob(os.path.join(apt_dir, "sources.list.d", "*.list")) +
+                    glob.glob(os.path.join(apt_dir, "sources.list.d", "*.sources")))
+    return [f for f in files if os.path.isfile(f)]
+
+
+def parse_apt_sources(path):
+    """[(types, uris, suites)] of the enabled entries of an apt source file: one-line format
+    (``deb [options] URI SUITE COMPONENT...``) or, for ``*.sources``, deb822 paragraphs."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return []
+    entries = []
+    if path.endswith(".sources"):
+        for para in re.split(r"\n[ \t]*\n", text):
+            fields, key = {}, None
+            for line in para.splitlines():
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                if line[0] in " \t" and key:
+                    fields[key] += " " + line.strip()
+                elif ":" in line:
+                    key, value = line.split(":", 1)
+                    key = key.strip().lower()
+                    fields[key] = value.strip()
+            if fields.get("enabled", "yes").lower() == "no":
+                continue
+            entries.append((fields.get("types", "").split(), fields.get("uris", "").split(),
+                            fields.get("suites", "").split()))
+    else:
+        for line in text.splitlines():
+            m = re.match(r"\s*(deb|deb-src)\s+(?:\[[^\]]*\]\s*)?(\S+)\s+(\S+)", line.split("#", 1)[0])
+            if m:
+                entries.append(([m.group(1)], [m.group(2)], [m.group(3)]))
+    return entries
+
+
+def debian_mirror(apt_dir="/etc/apt"):
+    """The Debian mirror for debootstrap: $CAFFE_CAE_DEBIAN_MIRROR, else the first URI of the host's
+    apt sources that serves a Debian suite (see DEBIAN_SUITES). CaeError when there is none."""
+    if os.environ.get("CAFFE_CAE_DEBIAN_MIRROR"):
+        return os.environ["CAFFE_CAE_DEBIAN_MIRROR"]
+    files = apt_source_files(apt_dir)
+    for path in files:
+        for types, uris, suites in parse_apt_sources(path):
+            if "deb" in types and any(_debian_suite(s) for s in suites):
+                for uri in uris:
+                    if re.match(r"(https?|ftp|file):", uri):
+                        return uri
+    raise CaeError("no Debian mirror to build the engine from: none of %s names one (a deb entry for a Debian "
+                   "suite such as bookworm); set CAFFE_CAE_DEBIAN_MIRROR to a Debian mirror's URL"
+                   % (", ".join(files) or "%s/sources.list, %s/sources.list.d/*.list|*.sources" % (apt_dir, apt_dir)))
 
 
 def _check_bwrap():
@@ -384,6 +496,7 @@ def build_rootfs(gpu=False, log=sys.stderr, force=False):
                        % DEFAULT_IMAGE)
     if not shutil.which("debootstrap"):
         raise CaeError("debootstrap not found: apt-get install debootstrap (needed to build the rootfs engine)")
+    mirror = debian_mirror()
     os.makedirs(parent, exist_ok=True)
     with open(os.path.join(parent, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -395,7 +508,7 @@ def build_rootfs(gpu=False, log=sys.stderr, force=False):
         if threading.current_thread() is threading.main_thread():
             old_handler = signal.signal(signal.SIGTERM, _terminated)
         try:
-            seconds = _build_into(tmp, gpu, log, contents)
+            seconds = _build_into(tmp, gpu, log, contents, mirror)
             if os.path.exists(final):
                 shutil.rmtree(final)
             os.rename(tmp, final)
@@ -409,11 +522,10 @@ def build_rootfs(gpu=False, log=sys.stderr, force=False):
     return RootfsEngine(final)
 
 
-def _build_into(tmp, gpu, log, contents):
+def _build_into(tmp, gpu, log, contents, mirror):
     start = time.time()
     rootfs = os.path.join(tmp, "rootfs")
     os.makedirs(tmp)
-    mirror = os.environ.get("CAFFE_CAE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
     log_path = os.path.join(tmp, "build.log")
     with open(log_path, "w") as log_file:
         print("[engine] 0/7 debootstrap --variant=%s %s (%s)" % (VARIANT, SUITE, mirror), file=log, flush=True)

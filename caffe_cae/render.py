@@ -10,13 +10,13 @@ import os
 
 import jinja2
 
-from . import REPO_ROOT, specs
+from . import package_path, specs
 from .errors import CaeError
 from .files import write_text
 from .inspect import analyse
 from .schema import parse_net, parse_solver
 
-TEMPLATES = os.path.join(REPO_ROOT, "templates")
+TEMPLATES = package_path("templates")  # the repository's templates/, in either install
 KINDS = ("train_test", "deploy", "solver")
 
 MODERN_TYPES = {

@@ -89,6 +89,9 @@ def default_run_dir(net, dim, seed):
 
 
 def git_info():
+    if not REPO_ROOT:  # installed from a wheel: no checkout to describe
+        return {"commit": None, "dirty": None}
+
     def git(*args):
         try:
             return subprocess.run(["git", "-C", REPO_ROOT] + list(args), stdout=subprocess.PIPE,

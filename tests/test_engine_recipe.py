@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from caffe_cae import REPO_ROOT, engine
+from caffe_cae.errors import CaeError
 
 PATCH = os.path.join(REPO_ROOT, "docker", "patch-caffe.py")
 SCHEMA = os.path.join(REPO_ROOT, "caffe_cae", "proto", "caffe_cae.proto")
@@ -112,17 +113,20 @@ def test_patch_refuses_a_taken_field_number(tmp_path):
 
 
 def test_recipe_hash_covers_schema_and_layer(tmp_path, monkeypatch):
-    copy = str(tmp_path / "repo")
+    copy = str(tmp_path / "caffe_cae")  # a package directory with the recipe, as a wheel installs it
+    original = engine.recipe_hash()
     for rel in engine.recipe_files():
-        os.makedirs(os.path.dirname(os.path.join(copy, rel)), exist_ok=True)
-        shutil.copyfile(os.path.join(REPO_ROOT, rel), os.path.join(copy, rel))
-    monkeypatch.setattr(engine, "REPO_ROOT", copy)
+        dest = os.path.join(copy, os.path.relpath(engine.recipe_path(rel), engine.PACKAGE_DIR))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copyfile(engine.recipe_path(rel), dest)
+    monkeypatch.setattr(engine, "PACKAGE_DIR", copy)
     assert "caffe_cae/proto/caffe_cae.proto" in engine.recipe_files()
     assert "docker/unpooling/unpooling_layer.cu" in engine.recipe_files()
     first = engine.recipe_hash()
+    assert first == original  # the hash names files by their place in the repository, wherever read
     assert engine.recipe_hash() == first
     assert engine.recipe_hash(gpu=True) != first
-    with open(os.path.join(copy, "caffe_cae/proto/caffe_cae.proto"), "a") as f:
+    with open(os.path.join(copy, "proto/caffe_cae.proto"), "a") as f:
         f.write("\n// changed\n")
     second = engine.recipe_hash()
     assert second != first
@@ -132,6 +136,86 @@ def test_recipe_hash_covers_schema_and_layer(tmp_path, monkeypatch):
     monkeypatch.setenv("CAFFE_CAE_CACHE", str(tmp_path / "cache"))
     assert engine.engine_dir() == os.path.join(str(tmp_path / "cache"), "engine", engine.recipe_hash())
     assert engine.find_rootfs() is None
+
+
+def test_recipe_is_the_repository_docker_dir():
+    """caffe_cae/docker and caffe_cae/templates are the top-level directories (links), so the checkout
+    and a wheel (which copies them) read the same recipe and templates."""
+    for name in ("docker", "templates"):
+        assert os.path.realpath(os.path.join(REPO_ROOT, "caffe_cae", name)) == os.path.join(REPO_ROOT, name)
+    for rel in engine.recipe_files():
+        assert os.path.samefile(engine.recipe_path(rel), os.path.join(REPO_ROOT, rel))
+
+
+DEB822 = """# the Debian images' default, with a disabled entry and the security archive first
+Types: deb
+URIs: http://mirror.invalid/disabled
+Suites: bookworm
+Components: main
+Enabled: no
+
+Types: deb
+# a comment inside the paragraph
+URIs: http://security.invalid/debian-security
+Suites: bookworm-security
+Components: main
+
+Types: deb deb-src
+URIs:
+ https://ftp.example.org/debian/
+ http://second.example.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"""
+ONE_LINE = """# vendor repositories and the security archive are not Debian mirrors
+deb [arch=amd64 signed-by=/usr/share/keyrings/cloud.gpg] https://packages.cloud.google.com/apt cloud-sdk main
+deb http://security.debian.org/debian-security bullseye-security main
+deb-src http://src-only.example.org/debian bullseye main
+deb [ arch=amd64 ] http://ftp.de.debian.org/debian/ bullseye main contrib # trailing comment
+"""
+
+
+def _apt_dir(tmp_path, files):
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    for rel, text in files.items():
+        (apt / rel).write_text(text)
+    return str(apt)
+
+
+def test_debian_mirror_from_deb822_sources(tmp_path, monkeypatch):
+    monkeypatch.delenv("CAFFE_CAE_DEBIAN_MIRROR", raising=False)
+    vendor = "Types: deb\nURIs: https://deb.nodesource.com/node_20.x\nSuites: nodistro\nComponents: main\n"
+    apt = _apt_dir(tmp_path, {"sources.list.d/debian.sources": DEB822, "sources.list.d/nodesource.sources": vendor,
+                              "sources.list.d/a.list.disabled": "deb http://not-read.example.org/debian sid main\n"})
+    entries = engine.parse_apt_sources(os.path.join(apt, "sources.list.d/debian.sources"))
+    assert entries == [(["deb"], ["http://security.invalid/debian-security"], ["bookworm-security"]),
+                       (["deb", "deb-src"], ["https://ftp.example.org/debian/", "http://second.example.org/debian"],
+                        ["bookworm", "bookworm-updates"])]
+    assert engine.debian_mirror(apt) == "https://ftp.example.org/debian/"
+    monkeypatch.setenv("CAFFE_CAE_DEBIAN_MIRROR", "http://override.example.org/debian")
+    assert engine.debian_mirror(apt) == "http://override.example.org/debian"
+
+
+def test_debian_mirror_from_one_line_sources(tmp_path, monkeypatch):
+    monkeypatch.delenv("CAFFE_CAE_DEBIAN_MIRROR", raising=False)
+    apt = _apt_dir(tmp_path, {"sources.list": ONE_LINE, "sources.list.d/zz.sources": DEB822})
+    assert engine.parse_apt_sources(os.path.join(apt, "sources.list"))[-1] == (
+        ["deb"], ["http://ftp.de.debian.org/debian/"], ["bullseye"])
+    assert engine.debian_mirror(apt) == "http://ftp.de.debian.org/debian/"  # sources.list comes first
+
+
+def test_no_debian_mirror_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("CAFFE_CAE_DEBIAN_MIRROR", raising=False)
+    apt = _apt_dir(tmp_path, {"sources.list": "deb http://archive.ubuntu.com/ubuntu jammy main\n"})
+    with pytest.raises(CaeError) as err:
+        engine.debian_mirror(apt)
+    message = str(err.value)
+    assert "\n" not in message and os.path.join(apt, "sources.list") in message
+    assert "CAFFE_CAE_DEBIAN_MIRROR" in message
+    with open(engine.__file__, encoding="utf-8") as f:
+        assert "deb.debian.org" not in f.read()  # the mirror comes from the host, not the code
 
 
 def _tool(name):
