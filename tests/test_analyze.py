@@ -350,11 +350,17 @@ def test_benchmark_entry_runs_on_a_small_code():
     assert out["code"].startswith("PCA-2") and 0 <= out["linear_error"] < 80
 
 
-def test_train_split_codes_give_their_own_errors(tmp_path):
-    run, _ = make_run(str(tmp_path), n=200)
+def run_with_train_codes(root):
+    """make_run's directory plus codes_train.h5 (400 separable codes), as `extract --split train` writes."""
+    run, _ = make_run(root, n=200)
     code, labels = lib.synthetic_codes(400, 10, seed=5, separation=10.0)
     with h5py.File(os.path.join(run, "codes_train.h5"), "w") as f:
         f["code"], f["label"] = code, labels.astype(np.float32)
+    return run
+
+
+def test_train_split_codes_give_their_own_errors(tmp_path):
+    run = run_with_train_codes(str(tmp_path))
     proc = cli("analyze", "--split", "train", "--folds", "4", "--mlp-epochs", "30", run)
     assert proc.returncode == 0, proc.stderr
     out = json.load(open(os.path.join(run, "analysis_train.json")))
@@ -366,10 +372,7 @@ def test_train_split_codes_give_their_own_errors(tmp_path):
 
 
 def test_linear_only_on_the_training_codes(tmp_path):
-    run, _ = make_run(str(tmp_path), n=200)
-    code, labels = lib.synthetic_codes(400, 10, seed=5, separation=10.0)
-    with h5py.File(os.path.join(run, "codes_train.h5"), "w") as f:
-        f["code"], f["label"] = code, labels.astype(np.float32)
+    run = run_with_train_codes(str(tmp_path))
     proc = cli("analyze", "--split", "train", "--mlp", "none", "--folds", "4", run)
     assert proc.returncode == 0 and "MLP -" in proc.stdout, proc.stderr
     assert json.load(open(os.path.join(run, "analysis_train.json")))["mlp_error"] is None
