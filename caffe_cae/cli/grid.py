@@ -47,6 +47,7 @@ def cli(nets, dims, runs, iters, mode, backend, batch_runs, executor, jobs, out,
     """
     import os
     import shlex
+    import sys
 
     from .. import grid
 
@@ -80,13 +81,12 @@ def cli(nets, dims, runs, iters, mode, backend, batch_runs, executor, jobs, out,
         click.echo(" ".join(map(shlex.quote, grid.report_argv(out, plan))))
         return
     counts = run_guarded(grid.run_local, out, plan, config, jobs, retry_failed=retry_failed,
-                         log=lambda m: click.echo(m, err=True))
+                         display=grid.make_display(sys.stderr))
     if counts.get("interrupted"):
         click.echo(f"grid: interrupted ({counts.get('done', 0)} of {len(plan)} runs done); "
                    "the same command continues it", err=True)
         raise SystemExit(130)
-    state = grid.read_json(os.path.join(out, grid.STATE_FILE)) or {}
-    report = state.get("report", {})
+    report = grid.read_state(out).get("report", {})
     click.echo(f"grid: {counts.get('done', 0)} done, {counts.get('failed', 0)} failed of {len(plan)} runs; "
                f"state {os.path.join(out, grid.STATE_FILE)}")
     if report.get("status") == "done":
