@@ -46,7 +46,6 @@ def cli(nets, dims, runs, iters, mode, backend, batch_runs, executor, jobs, out,
     OUT/grid.json and in the report.
     """
     import os
-    import shlex
     import sys
 
     from .. import grid
@@ -63,22 +62,8 @@ def cli(nets, dims, runs, iters, mode, backend, batch_runs, executor, jobs, out,
                     time_limit=time_limit, extra=sbatch_args, log=click.echo)
         return
     if dry_run:
-        config["threads"] = max(1, grid.usable_cores() // jobs)
-        for unit in grid.make_batches(out, plan, batch_runs):
-            if len(unit) > 1:
-                click.echo(f"# batch of {len(unit)} runs, trained at once: " + " ".join(r["id"] for r in unit))
-                click.echo(" ".join(map(shlex.quote, grid.batch_train_argv(unit, out, config))))
-            for run in unit:
-                run_dir = os.path.join(out, run["dir"])
-                todo = [s for s in grid.STAGES if not grid.stage_done(run_dir, s)]
-                if len(unit) > 1:
-                    todo = [s for s in todo if s != "train"]
-                    click.echo(f"# {run['id']}: train in the batch above, then: " + " ".join(todo))
-                else:
-                    click.echo(f"# {run['id']}: " + ("finished" if not todo else "to do: " + " ".join(todo)))
-                for stage in todo:
-                    click.echo(" ".join(map(shlex.quote, grid.stage_argv(stage, run, run_dir, config))))
-        click.echo(" ".join(map(shlex.quote, grid.report_argv(out, plan))))
+        for line in grid.dry_run_lines(out, plan, dict(config, threads=max(1, grid.usable_cores() // jobs))):
+            click.echo(line)
         return
     counts = run_guarded(grid.run_local, out, plan, config, jobs, retry_failed=retry_failed,
                          display=grid.make_display(sys.stderr))

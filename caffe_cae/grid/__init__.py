@@ -11,12 +11,10 @@ is missing. The grid state ``OUT/grid.json`` records every run's status, attempt
 * :mod:`.progress`: plain lines, or a progress bar on a terminal.
 """
 from .local import make_report, run_local, usable_cores
-from .plan import STAGES, batch_train_argv, expand, make_batches, parse_dims, parse_nets, read_json, \
-    report_argv, stage_argv, stage_done
+from .plan import STAGES, dry_run_lines, expand, parse_dims, parse_nets, read_json, stage_done
 from .progress import make as make_display
 from .slurm import submit as submit_slurm
 from .state import STATE_FILE, read_state
 
-__all__ = ["STAGES", "STATE_FILE", "batch_train_argv", "expand", "make_batches", "make_display", "make_report",
-           "parse_dims", "parse_nets", "read_json", "read_state", "report_argv", "run_local", "stage_argv",
-           "stage_done", "submit_slurm", "usable_cores"]
+__all__ = ["STAGES", "STATE_FILE", "dry_run_lines", "expand", "make_display", "make_report", "parse_dims",
+           "parse_nets", "read_json", "read_state", "run_local", "stage_done", "submit_slurm", "usable_cores"]

@@ -12,6 +12,7 @@ A run's completion is judged from its files, so a run directory edited by hand i
 """
 import json
 import os
+import shlex
 import sys
 
 from ..errors import CaeError
@@ -197,3 +198,26 @@ def report_dirs(out, plan):
 def report_argv(out, plan):
     """``caffe-cae report`` over the grid's run directories (:func:`report_dirs`)."""
     return _cae("report", *report_dirs(out, plan), "--out", os.path.join(out, "report"))
+
+
+def dry_run_lines(out, plan, config):
+    """What the local executor would run, as lines: a comment per run (or batch), then each
+    command line, then the report's."""
+    def cmd(argv):
+        return " ".join(map(shlex.quote, argv))
+
+    lines = []
+    for unit in make_batches(out, plan, config.get("batch_runs", 1)):
+        if len(unit) > 1:
+            lines += [f"# batch of {len(unit)} runs, trained at once: " + " ".join(r["id"] for r in unit),
+                      cmd(batch_train_argv(unit, out, config))]
+        for run in unit:
+            run_dir = os.path.join(out, run["dir"])
+            todo = [s for s in STAGES if not stage_done(run_dir, s)]
+            if len(unit) > 1:
+                todo = [s for s in todo if s != "train"]
+                lines.append(f"# {run['id']}: train in the batch above, then: " + " ".join(todo))
+            else:
+                lines.append(f"# {run['id']}: " + ("finished" if not todo else "to do: " + " ".join(todo)))
+            lines += [cmd(stage_argv(stage, run, run_dir, config)) for stage in todo]
+    return lines + [cmd(report_argv(out, plan))]
