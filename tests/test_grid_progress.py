@@ -103,7 +103,8 @@ def test_a_pipe_gets_plain_lines():
     with os.fdopen(read) as f:
         lines = f.read().splitlines()
     assert lines[0] == "[grid] 4 runs, 1 already finished or failed, 3 to do with 2 workers x 1 threads"
-    assert sorted(lines[1:3]) == ["[grid] model1_d2_run1: train (attempt 1)", "[grid] model4_d2_run1: extract (attempt 1)"]
+    assert sorted(lines[1:3]) == ["[grid] model1_d2_run1: train (attempt 1)",
+                                  "[grid] model4_d2_run1: extract (attempt 1)"]
     assert lines[3:] == ["[grid] model4_d2_run2: analyze (attempt 2)", "[grid] report: after the bar"]
 
 
