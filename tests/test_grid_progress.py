@@ -14,6 +14,7 @@ import time
 from caffe_cae import REPO_ROOT, data
 from caffe_cae.grid import progress
 
+from engine_support import require_torch
 from test_grid import N_TEST, N_TRAIN, SCHEDULE, run_grid
 
 #: tqdm's "n/total [elapsed<remaining" with a known remaining time (the ETA)
@@ -111,6 +112,7 @@ def test_a_pipe_gets_plain_lines():
 def test_a_real_grid_on_a_terminal_shows_the_bar(tmp_path):
     """One run (torch backend, 20 iterations on tiny MNIST) through train, extract and analyze,
     the grid's stderr a pseudo-terminal: the bar ends at 1/1 and the worker's line named each stage."""
+    require_torch()
     root = str(tmp_path)
     data.write_tiny(os.path.join(root, "data", "hdf5"), n=N_TRAIN, n_test=N_TEST, list_prefix="data/hdf5")
     out = os.path.join(root, "runs")
