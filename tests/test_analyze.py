@@ -351,6 +351,18 @@ def test_benchmark_entry_runs_on_a_small_code():
     assert out["code"].startswith("PCA-2") and 0 <= out["linear_error"] < 80
 
 
+@pytest.mark.parametrize("dim", [2, 30])
+def test_benchmark_blobs_follow_the_rendered_net(dim):
+    """The benchmark's Fig. 11 blobs take Model 4's shapes at the given D from its deploy net."""
+    from caffe_cae.render import render_files
+    steps, params = benchmark.forward_steps(render_files("model4", dim)["deploy"])
+    assert steps[0] == ("input", "Input", "data", (1, 1, 28, 28))
+    assert ("ip2encode", "InnerProduct", "ip2encode", (1, dim)) in steps
+    assert ("pool2", "Pooling", "pool2", (1, 36, 4, 4)) in steps and ("unpool1", "Unpooling", "unpool1", (1, 26, 24, 24)) in steps
+    assert steps[-1] == ("deconv1neursig", "Sigmoid", "deconv1neursig", (1, 1, 28, 28)) and len(steps) == 21
+    assert params == {"conv1": (26, 1, 5, 5)}
+
+
 def run_with_train_codes(root):
     """make_run's directory plus codes_train.h5 (400 separable codes), as `extract --split train` writes."""
     run, _ = make_run(root, n=200)
