@@ -40,7 +40,8 @@ def test_phase_rules():
 
 def test_stage_rules():
     assert "test_on_train" in names("test", ["test-on-train"])
-    assert "test_on_train" not in names("test", ["test-on-test"]) and "test_on_train" not in names("train", ["test-on-train"])
+    assert "test_on_train" not in names("test", ["test-on-test"])
+    assert "test_on_train" not in names("train", ["test-on-train"])
     # every stage of one rule is needed; any one rule of several suffices
     assert "both_stages" not in names("train", ["a"]) and "both_stages" in names("train", ["a", "b"])
     assert "either_stage" in names("train", ["b"]) and "either_stage" not in names("train")

@@ -53,7 +53,7 @@ def analyze_run(run_dir, folds=FOLDS, seed=SEED, jobs=1, test_h5=None, diagram=T
     reconstruction figures; ``reference_cache``: where a computed raw-pixel reference row
     is looked up (never computed here; see ``raw_pixel_reference``); ``classifier``: the
     MLP, 'patternnet' (MATLAB's, the default) or 'lbfgs', ``mlp`` its settings
-    (``caffe_cae.classify.MLP_DEFAULTS``); ``sparsity_base``: see ``sparsity``."""
+    (``caffe_cae.analysis.classify.MLP_DEFAULTS``); ``sparsity_base``: see ``sparsity``."""
     say = progress or (lambda message: None)
     run_dir = os.path.abspath(run_dir)
     if not os.path.isdir(run_dir):

@@ -70,7 +70,8 @@ def lbfgs_mlp_predict(train_x, train_y, test_x, hidden, seed=SEED, max_iter=MLP_
     """The ``lbfgs`` MLP option: scikit-learn's MLPClassifier trained to convergence with
     full-batch L-BFGS (logistic hidden units, softmax output, ``alpha=0``, inputs min-max
     scaled to [-1, 1] on the training fold, no validation split, the last iterate kept);
-    returns (predictions, L-BFGS iterations used). Not what MATLAB did: see ``caffe_cae.classify``."""
+    returns (predictions, L-BFGS iterations used). Not what MATLAB did: see
+    ``caffe_cae.analysis.classify``."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
     from sklearn.preprocessing import MinMaxScaler
@@ -99,8 +100,8 @@ def _fold(kind, x, y, train, test, hidden, seed):
 
 
 def _patternnet_part(x, y, splits, ids, hidden, seed, settings, fold_dir=None):
-    """Some folds' patternnets in one process, one thread (see ``caffe_cae.classify``). With
-    ``fold_dir`` each fold's result is kept in ``fold_dir/fold<i>.json`` as it finishes, and a
+    """Some folds' patternnets in one process, one thread (see ``caffe_cae.analysis.classify``).
+    With ``fold_dir`` each fold's result is kept in ``fold_dir/fold<i>.json`` as it finishes, and a
     fold found there is not trained again (long work resumes where it stopped)."""
     import torch
 
@@ -129,7 +130,7 @@ def _patternnet_part(x, y, splits, ids, hidden, seed, settings, fold_dir=None):
 def classify_cv(code, labels, kind, folds=FOLDS, seed=SEED, hidden=None, jobs=1, mlp=None, fold_dir=None):
     """Out-of-fold predictions of ``kind`` with stratified k-fold CV: 'linear' (MATLAB
     classify), 'patternnet' (MATLAB patternnet + trainscg, the paper's MLP; ``mlp`` overrides
-    its settings, ``caffe_cae.classify.MLP_DEFAULTS``) or 'lbfgs' (``lbfgs_mlp_predict``).
+    its settings, ``caffe_cae.analysis.classify.MLP_DEFAULTS``) or 'lbfgs' (``lbfgs_mlp_predict``).
 
     Returns {"error": %, "per_class": {digit: %}, "confusion": [[...]], "seconds", "cpu_seconds",
     and for the MLPs "hidden" and "folds" (per-fold epochs or iterations)}. ``jobs`` processes
