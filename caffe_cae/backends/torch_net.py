@@ -32,8 +32,8 @@ import numpy as np
 from .. import caffe_rules
 from ..errors import CaeError
 from ..proto import caffe_cae_pb2 as pb
-from .torch_kernels import F, _CaffeConv, fill, import_torch, torch  # noqa: F401 (the backend's torch)
-from .torch_layers import LAYERS, HDF5DataLayer, InputLayer, _canon  # noqa: F401 (torch_batch)
+from .torch_kernels import _CaffeConv, fill, torch  # noqa: F401 (_CaffeConv: torch_batch and the tests)
+from .torch_layers import LAYERS, HDF5DataLayer, InputLayer, _canon  # noqa: F401 (_canon: torch_batch)
 
 PHASES = caffe_rules.PHASES
 
