@@ -18,8 +18,8 @@
 
 Limits: HDF5Data tops are taken to be MNIST (``data`` N x 1 x 28 x 28, ``pair_data`` N x 2
 x 28 x 28, anything else N), since their shapes live in the data files; train_test nets
-are inspected in their TRAIN phase (``caffe_rules.active_layers``). Layer types outside the table in ``_shape`` raise
-CaeError.
+are inspected in their TRAIN phase (``caffe_rules.active_layers``). Layer types outside the
+table in ``_shape`` raise CaeError.
 """
 import math
 

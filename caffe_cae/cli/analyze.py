@@ -89,5 +89,5 @@ def _reference(run_dir, test_h5, cache, folds, seed, jobs, classifier, mlp, raw_
     say("raw-pixel reference MLP 784-88-10 (%s) on %d images (%d folds), cached in %s"
         % (measure.classifier_tag(classifier, mlp), len(images), folds, cache))
     result = measure.raw_pixel_reference(images, codes["label"], cache=cache, folds=folds, seed=seed, jobs=jobs,
-                                     classifier=classifier, mlp=mlp)
+                                         classifier=classifier, mlp=mlp)
     say("reference: %.2f %% (paper %.2f %%)%s" % (result["error"], raw_paper, " (cached)" if result["cached"] else ""))
