@@ -3,6 +3,8 @@
 * ``active_layers(net, phase, stages, level)``: the layers Caffe's ``Net::FilterNet`` keeps
   for a NetState (``include`` / ``exclude`` NetStateRules: phase, min/max level, stage,
   not_stage; a layer with both kinds of rule is refused, as Caffe refuses it);
+* ``window(param)``: (kernel, stride, pad) of a Convolution, Pooling or Unpooling parameter
+  (``*_h`` / ``*_w`` or the shared field, defaults 1 and 0); ``canonical_axis``;
 * ``conv_out``, ``deconv_out``, ``pool_out``, ``unpool_out``: output sizes along one axis
   (pooling rounds up and drops a last window that starts in the padding, as
   ``PoolingLayer::Reshape``; unpooling is the engine's ``UnpoolingLayer::Reshape``);
