@@ -89,3 +89,10 @@ def get_backend(name="caffe", **options):
         check_available()
         return TorchBackend(**options)
     raise CaeError("--backend %s: expected one of %s" % (name, ", ".join(BACKENDS)))
+
+
+def resolve_backend(backend):
+    """A Backend from None (caffe), a name or a Backend."""
+    if backend is None or isinstance(backend, str):
+        return get_backend(backend or "caffe")
+    return backend
