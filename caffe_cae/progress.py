@@ -17,7 +17,7 @@ def short_losses(loss):
 class Progress:
     """One run's progress on ``stream`` (stderr by default); ``tty`` None: ask the stream."""
 
-    def __init__(self, label, total, stream=None, tty=None, initial=0):
+    def __init__(self, label, total, stream=None, tty=None, initial=0, mininterval=0.25):
         self.stream = stream if stream is not None else sys.stderr
         self.tty = (hasattr(self.stream, "isatty") and self.stream.isatty()) if tty is None else tty
         self.label = label
@@ -25,12 +25,13 @@ class Progress:
         self.marks = []  # (time, iter): the rate of the plain lines
         self.bar = None
         self.initial = initial
+        self.mininterval = mininterval
 
     def _bar(self):
         if self.bar is None:
             self.bar = tqdm(total=self.total, initial=self.initial, desc=self.label, file=self.stream,
-                            unit="it", mininterval=0.25, dynamic_ncols=True, leave=True,
-                            bar_format="{desc} {bar:20} {n_fmt}/{total_fmt} {postfix} | {rate_fmt} | ETA {remaining}")
+                            unit="it", mininterval=self.mininterval, dynamic_ncols=True, leave=True,
+                            bar_format="{desc} {bar:20} {n_fmt}/{total_fmt}{postfix} | {rate_fmt} | ETA {remaining}")
         return self.bar
 
     def rate(self):

@@ -6,7 +6,7 @@ from .options import fail, mode_option, run_guarded
 
 
 @click.command("bench")
-@click.option("--out", type=click.Path(dir_okay=False), default="bench/results.json", show_default=True,
+@click.option("--out", type=click.Path(), default="bench/results.json", show_default=True,
               help="Where to write the results as JSON.")
 @mode_option(default="cpu", help="CPU or GPU.")
 @click.option("--nets", default="all", show_default=True, help="'all' or a comma list of nets.")

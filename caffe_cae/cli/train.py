@@ -14,7 +14,7 @@ EXIT_BY_REASON = {"SIGINT": 130, "SIGTERM": 143}
 @mode_option()
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Training iterations [default: 50000].")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Solver random seed [default: 1].")
-@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", "out", type=click.Path(), default=None,
               help="Run directory [default: runs/{net}_d{dim}_run{seed}].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last snapshot.")
 @click.option("--force", is_flag=True, help="Start again even if --out holds a finished run (it is deleted).")
