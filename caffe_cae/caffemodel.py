@@ -15,7 +15,6 @@ backend and resume or be extracted in the other:
 
 Writes are atomic (temporary file, then rename). Bad files raise CaeError naming the file.
 """
-import os
 
 import numpy as np
 from google.protobuf.message import DecodeError

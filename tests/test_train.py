@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from caffe_cae import REPO_ROOT, rundir, specs
-from caffe_cae import train as train_lib
 from caffe_cae.caffemodel import read_caffemodel
 from caffe_cae.errors import CaeError
 
