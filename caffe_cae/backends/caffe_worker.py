@@ -17,7 +17,8 @@ before the update, and the forward pass is replayed layer by layer on the same b
 import os
 import sys
 
-from .protocol import Adapter, finish_extract, main, run_schedule, run_bench
+from .jobs import finish_extract, main, run_bench
+from .protocol import Adapter, run_schedule
 
 DATA_TYPES = ("HDF5Data", "Input", "Data", "MemoryData", "DummyData", "ImageData")
 

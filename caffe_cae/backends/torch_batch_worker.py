@@ -21,7 +21,8 @@ run failed, 3 when one did, 2 for a bad job.
 import os
 import sys
 
-from .protocol import Adapter, main, run_schedule
+from .jobs import main
+from .protocol import Adapter, run_schedule
 from .torch_worker import _setup, failed, onednn, start_fields
 
 

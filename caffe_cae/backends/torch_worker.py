@@ -20,7 +20,8 @@ common and they cost ~2x there; ``CAFFE_CAE_TORCH_DENORMALS=1`` keeps them.
 import os
 import sys
 
-from .protocol import Adapter, emit, finish_extract, main, run_bench, run_schedule
+from .jobs import finish_extract, main, run_bench
+from .protocol import Adapter, emit, run_schedule
 
 
 def threads():
