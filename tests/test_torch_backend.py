@@ -1,4 +1,4 @@
-"""The PyTorch backend (issue 8) against the real Caffe engine.
+"""The PyTorch backend against the real Caffe engine.
 
 For every net at D=2, starting from the same .caffemodel (written by Caffe after its own
 fillers): the forward blobs and the parameter gradients of torch and Caffe agree within
@@ -53,6 +53,10 @@ EARLY = 10
 EARLY_AT = {"model5": 5}
 #: cases whose float32 SGD trajectories diverge chaotically (see the module docstring)
 CHAOTIC = {"model5", "siamese", "variant"}
+#: Model 5 is compared after each of its first iterations, where float32 runs are still close
+#: (see test_model5_first_iterations_equal_caffe)
+MODEL5_FIRST = (1, 2, 3, 4, 5)
+MODEL5_TOL = None
 #: nets also checked for Caffe resuming from torch's .solverstate
 CAFFE_RESUMES = ["model3", "model4"]
 #: a solver variant exercising momentum, iter_size, weight decay and a decaying lr policy
@@ -138,8 +142,9 @@ def caffe_setup(eng, work):
         if key != "variant":
             tasks.append({"kind": "fwdbwd", "net": gen("%s_d2_train_test.prototxt" % net),
                           "weights": case["init"], "out": case["fwd"]})
+        first = list(MODEL5_FIRST) if key == "model5" else [5]
         tasks.append({"kind": "sgd", "solver": solver, "weights": case["init"], "iters": ITERS,
-                      "snapshot_at": [5, EARLY, HALF], "out": case["caffe_sgd"], "final": case["caffe_final"]})
+                      "snapshot_at": first + [EARLY, HALF], "out": case["caffe_sgd"], "final": case["caffe_final"]})
     report = run_caffe(eng, work, tasks, "caffe_run1")
     return {"eng": eng, "work": work, "cases": cases, "seconds": report["seconds"]}
 
@@ -254,6 +259,42 @@ def test_sgd_100_iterations_equal_caffe(setup, key):
     else:
         assert max(early_w.values()) <= SGD_TOL, {k: v for k, v in early_w.items() if v > SGD_TOL}
     assert w_err[worst] <= 3 * max(self_err, SGD_TOL), (w_err[worst], self_err)
+
+
+def test_model5_first_iterations_equal_caffe(setup):
+    """Model 5 in torch against Caffe over its first iterations, with a bound that can fail.
+
+    After 100 iterations two float32 runs of Model 5 are as far apart as unrelated weights (see
+    the module docstring), so the chaotic check above cannot tell a wrong implementation from a
+    right one. Over the first MODEL5_FIRST iterations they are still close: from Caffe's initial
+    weights, on the same batches, the largest relative error of any parameter blob after each
+    of those iterations must stay within MODEL5_TOL, and each loss within SGD_TOL.
+
+    Measured here (CPU, oneDNN kernels): NUMBERS. The control in the test: Caffe's own weights
+    after iteration 5, shuffled within each blob (unrelated weights of the same scale), are
+    CONTROL away, so this bound fails for any wrong update, filler or data order.
+    """
+    case = setup["cases"]["model5"]
+    last = max(MODEL5_FIRST)
+    _, curves = torch_sgd(case, setup["work"], last, snapshot_at=MODEL5_FIRST, prefix="torch_first")
+    with h5py.File(case["caffe_sgd"], "r") as f:
+        caffe_curves = {k: f["loss"][k][:last] for k in f["loss"]}
+    loss_errs = {top: max(abs(a / b - 1.0) for a, b in zip(curves[top], caffe_curves[top])) for top in curves}
+    errs = {}
+    for k in MODEL5_FIRST:
+        mine = caffemodel.read_caffemodel(os.path.join(case["dir"], "torch_first_iter_%d.caffemodel" % k))
+        errs[k] = max(compare_weights(mine, os.path.join(case["dir"], "caffe_iter_%d.caffemodel" % k)).values())
+    reference = os.path.join(case["dir"], "caffe_iter_%d.caffemodel" % last)
+    rng = np.random.default_rng(0)
+    shuffled = [(layer, [rng.permutation(a.ravel()).reshape(a.shape) for a in arrays])
+                for layer, arrays in caffemodel.read_caffemodel(reference)]
+    unrelated = max(compare_weights(shuffled, reference).values())
+    print("model5: first iterations: weights max rel %s; losses max rel %s; unrelated weights %.3g"
+          % (", ".join("%d: %.2e" % kv for kv in sorted(errs.items())),
+             ", ".join("%s %.2e" % kv for kv in sorted(loss_errs.items())), unrelated))
+    assert unrelated > 100 * MODEL5_TOL  # the bound tells unrelated weights apart
+    assert max(loss_errs.values()) <= SGD_TOL, loss_errs
+    assert max(errs.values()) <= MODEL5_TOL, errs
 
 
 @pytest.mark.parametrize("key", NETS)
