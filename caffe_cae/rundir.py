@@ -125,7 +125,7 @@ class RunDir:
         return self.file(BLOBS)
 
     def read_manifest(self, required=True):
-        return read_manifest(self.path, required) if os.path.isdir(self.path) or required else None
+        return read_manifest(self.path, required)
 
     def write_manifest(self, manifest):
         write_manifest(self.path, manifest)

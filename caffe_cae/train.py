@@ -41,8 +41,7 @@ from .backends import resolve_backend
 from .errors import CaeError
 from .progress import Progress
 from .recorder import Recorder, RunFailed, engine_record, run_batch_session, run_session
-from .rundir import (ENGINE_SOLVER, MANIFEST, RunDir, default_run_dir, git_info, host_info, now_iso,
-                     read_manifest)
+from .rundir import ENGINE_SOLVER, MANIFEST, RunDir, default_run_dir, git_info, host_info, now_iso
 
 __all__ = ["RunSpec", "RunFailed", "train", "train_batch", "data_files"]
 
@@ -224,7 +223,7 @@ def _prepare(spec, stream, tty):
             raise CaeError("--net and --dim are needed to name the run directory (or give --out)")
         out = default_run_dir(spec.net, spec.dim, seed if seed is not None else 1)
     rd = RunDir(out)
-    manifest = read_manifest(rd.path, required=False) if os.path.isdir(rd.path) else None
+    manifest = rd.read_manifest(required=False) if os.path.isdir(rd.path) else None
     spec = dataclasses.replace(spec, mode=mode, seed=seed)
     if spec.resume and manifest is None:
         raise CaeError("%s: no run to resume (no %s); start it without --resume" % (rd.path, MANIFEST))

@@ -28,7 +28,7 @@ EXIT_BY_REASON = {"SIGINT": 130, "SIGTERM": 143}
               help="Train these runs of --net/--dim at once as one batched computation (torch backend; "
                    "repeatable; what `grid --batch-runs` uses). --resume continues those with a manifest.")
 def cli(net, dim, mode, iters, seed, out, resume, force, overrides, data_root, stop_after, backend, batch):
-    """Train one net in the Caffe engine: progress bar, log.jsonl, snapshots, manifest.json.
+    """Train one net (Caffe engine or PyTorch): progress bar, log.jsonl, snapshots, manifest.json.
 
     Ctrl-C (or SIGTERM) snapshots and exits (status 130/143); --resume continues with the
     same data order. A non-finite loss stops the run (exit 1) naming the iteration and the
