@@ -31,6 +31,19 @@ def ensure_dir(path, what="output directory"):
     return path
 
 
+def check_dir(path, what="output directory"):
+    """CaeError unless the directory ``path`` exists or can be made; made for the check and
+    removed again, so that a bad path fails before long work and a good one is left as it was."""
+    made = []
+    folder = os.path.abspath(path)
+    while not os.path.lexists(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    ensure_dir(path, what)
+    for folder in made:  # deepest first
+        os.rmdir(folder)
+
+
 def check_writable(path):
     """CaeError unless a file can be written at ``path`` (its folder is made): used before
     long work whose result goes there."""

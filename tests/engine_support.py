@@ -38,7 +38,7 @@ def require_engine():
             _cache["engine"] = exc
     eng = _cache["engine"]
     if isinstance(eng, CaeError):
-        missing("no engine: %s" % eng)
+        missing(str(eng))
     return eng
 
 

@@ -280,7 +280,7 @@ def _engine():
         return engine.get_engine(build=False)
     except (ImportError, CaeError) as exc:
         from conftest import missing
-        missing("no Caffe engine: %s" % exc)
+        missing(str(exc))
 
 
 def test_caffe_hdf5data_reads_the_files(tmp_path):

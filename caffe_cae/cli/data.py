@@ -16,7 +16,7 @@ def cli(mnist_dir, out_dir, list_prefix, force):
     """Check MNIST (magic numbers, counts, SHA-256) and write train/test and Siamese pair HDF5 files."""
     from .. import data, files
 
-    run_guarded(files.ensure_dir, out_dir)  # a bad --out fails before the minutes of work
+    run_guarded(files.check_dir, out_dir)  # a bad --out fails before the minutes of work
 
     def progress(line):
         click.echo(line, err=True)
