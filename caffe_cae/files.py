@@ -49,8 +49,7 @@ def check_writable(path):
     long work whose result goes there."""
     if os.path.isdir(path):
         raise CaeError("%s: is a directory; expected a file path to write" % path)
-    with atomic_path(path):
-        pass
+    os.unlink(_make_temporary(path))
 
 
 TMP_PREFIX = ".tmp-"
@@ -59,6 +58,18 @@ TMP_PREFIX = ".tmp-"
 def _temporary(path):
     """(folder, prefix, suffix) of the temporary names :func:`atomic_path` uses for ``path``."""
     return os.path.dirname(os.path.abspath(path)), TMP_PREFIX, "-" + os.path.basename(path)
+
+
+def _make_temporary(path):
+    """An empty temporary file beside ``path`` (its folder made); CaeError when it cannot be."""
+    folder, prefix, suffix = _temporary(path)
+    ensure_dir(folder, "folder of %s" % path)
+    try:
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+    except OSError as exc:
+        raise CaeError("%s: cannot write here (%s)" % (path, _why(exc))) from None
+    os.close(handle)
+    return tmp
 
 
 def remove_temporaries(path):
@@ -79,13 +90,7 @@ def remove_temporaries(path):
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; on success it replaces ``path``, else it is removed."""
-    folder, prefix, suffix = _temporary(path)
-    ensure_dir(folder, "folder of %s" % path)
-    try:
-        handle, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
-    except OSError as exc:
-        raise CaeError("%s: cannot write here (%s)" % (path, _why(exc))) from None
-    os.close(handle)
+    tmp = _make_temporary(path)
     try:
         yield tmp
         if os.path.isdir(path):
