@@ -86,7 +86,7 @@ def read_manifest(run_dir, required=True):
             return None
         raise CaeError("%s: not a run directory (no %s); train first" % (run_dir, MANIFEST)) from None
     except (OSError, ValueError) as exc:
-        raise CaeError("%s: not a readable run manifest (%s)" % (path, exc)) from None
+        raise CaeError("%s: not readable JSON (%s)" % (path, exc)) from None
     if not isinstance(value, dict) or "net" not in value or "dim" not in value:
         raise CaeError("%s: not a caffe-cae run manifest (expected 'net' and 'dim')" % path)
     return value
