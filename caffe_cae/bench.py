@@ -28,8 +28,10 @@ import time
 
 from . import data as data_lib
 from . import files, render, specs
+from .backends import resolve_backend
 from .errors import CaeError
-from .train import engine_solver_text, git_info, host_info, now_iso, resolve_backend, write_json
+from .rundir import ENGINE_LOG, engine_solver_text, git_info, host_info, now_iso
+from .train import RunSpec, train
 
 BENCH_DIM = 10
 
@@ -65,6 +67,8 @@ def bench(out=None, nets=specs.NETS, mode="cpu", warmup=2, repeats=5, iters=5, h
     unknown = [n for n in nets if n not in specs.NETS]
     if unknown:
         raise CaeError("--nets: unknown net %s; expected names from %s" % (", ".join(unknown), ", ".join(specs.NETS)))
+    if out:
+        files.check_writable(out)  # before the work, not after it
     be = resolve_backend(backend)
     info = be.info(mode)
     load_before = list(os.getloadavg())
@@ -86,7 +90,7 @@ def bench(out=None, nets=specs.NETS, mode="cpu", warmup=2, repeats=5, iters=5, h
         folder = os.path.join(work, "nets")
         os.makedirs(folder, exist_ok=True)
         job = {"mode": mode, "nets": net_solvers(folder, nets, BENCH_DIM, mode), "warmup": warmup,
-               "repeats": repeats, "iters": iters, "stderr_log": os.path.join(work, "engine.log")}
+               "repeats": repeats, "iters": iters, "stderr_log": os.path.join(work, ENGINE_LOG)}
         for event in be.bench(job, work).events():
             if event["event"] == "result":
                 results["nets"][event["net"]] = {"ms": event["ms"], "ms_all": event["ms_all"],
@@ -104,24 +108,21 @@ def bench(out=None, nets=specs.NETS, mode="cpu", warmup=2, repeats=5, iters=5, h
                              "date": now_iso(), "git": git_info(), "load_before": load_before,
                              "load_after": list(os.getloadavg())}
     if out:
-        folder = os.path.dirname(os.path.abspath(out))
-        os.makedirs(folder, exist_ok=True)
-        write_json(out, results)
+        files.write_json(out, results, sort_keys=True)
     return results
 
 
 def _harness_run(be, work, mode, results, stream):
     from .extract import extract
-    from .train import train
 
     run_dir = os.path.join(work, "run_model3_d10")
     quiet = open(os.devnull, "w")
     try:
         # the end-of-run test covers 1 training batch (not 600) and the whole test set,
         # so that extraction below computes the test stage's losses over all 10000 images
-        seconds, _ = _timed(train, net="model3", dim=BENCH_DIM, mode=mode, iters=1, seed=1, out=run_dir,
-                            overrides={"data.train_size": 100}, data_root=work, backend=be, stream=quiet,
-                            tty=False, handle_signals=False)
+        spec = RunSpec(net="model3", dim=BENCH_DIM, mode=mode, iters=1, seed=1, out=run_dir,
+                       overrides={"data.train_size": 100}, data_root=work, backend=be)
+        seconds, _ = _timed(train, spec, stream=quiet, tty=False, handle_signals=False)
         results["harness"]["train_1_iteration_run"] = seconds
         stream.write("bench: a 1-iteration training run (model3 D=10: engine start, set-up, 101 test batches, "
                      "snapshot): %.2f s\n" % seconds)

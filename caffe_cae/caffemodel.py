@@ -15,12 +15,11 @@ backend and resume or be extracted in the other:
 
 Writes are atomic (temporary file, then rename). Bad files raise CaeError naming the file.
 """
-import os
-import tempfile
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from . import files
 from .errors import CaeError
 from .proto import caffe_cae_pb2 as pb
 
@@ -62,20 +61,6 @@ def _read_message(path, message, what):
     return message
 
 
-def _write_atomic(path, data):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def read_caffemodel(path):
     """[(layer name, [arrays])] of the layer records with blobs, in file order."""
     net = _read_message(path, pb.NetParameter(), ".caffemodel (NetParameter)")
@@ -102,7 +87,7 @@ def write_caffemodel(path, name, layers):
             del lp.blobs[:]
         for arr in arrays:
             array_to_blob(arr, lp.blobs.add())
-    _write_atomic(path, net.SerializeToString())
+    files.write_bytes(path, net.SerializeToString())
     return path
 
 
@@ -121,5 +106,5 @@ def write_solverstate(path, iteration, learned_net, history, current_step=0):
                            current_step=int(current_step))
     for arr in history:
         array_to_blob(arr, state.history.add())
-    _write_atomic(path, state.SerializeToString())
+    files.write_bytes(path, state.SerializeToString())
     return path

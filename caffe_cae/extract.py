@@ -1,113 +1,115 @@
 """Codes, reconstructions and the Fig. 11 blobs of a trained run.
 
 ``extract(run_dir, split)`` runs the run's deploy net with its last snapshot's weights over
-the split's images and writes, atomically:
+the split's images and writes, atomically (both backends write the same files:
+:mod:`caffe_cae.backends.protocol`):
 
 - ``RUN_DIR/codes.h5`` (split ``test``) or ``RUN_DIR/codes_train.h5`` (split ``train``):
   ``code`` float32 N x D (ip2encode; the deep AE's encode4; one Siamese channel's
   ip2encode), ``label`` float32 N, ``reconstruction`` float32 N x 28 x 28 (auto-encoders
   only); attrs ``net``, ``dim``, ``split``, ``iteration``, ``run_status``, ``weights``,
-  ``stage`` and the split's mean losses ``loss_cross_entropy``/``loss_euclidean`` (or
-  ``loss_contrastive``), computed by Caffe itself: the train_test net's TEST stage
-  (``test-on-test`` or ``test-on-train``) over ceil(N / batch) batches with those weights
-  (for the Siamese net the stage reads the split's pair file);
+  ``stage``, ``backend``, ``caffe_version``, ``extract_backend``, ``n`` and the split's mean
+  losses ``loss_cross_entropy``/``loss_euclidean`` (or ``loss_contrastive``), computed by the
+  backend itself: the train_test net's TEST stage (``test-on-test`` or ``test-on-train``)
+  over ceil(N / batch) batches with those weights (for the Siamese net the stage reads the
+  split's pair file);
 - ``RUN_DIR/blobs_digit5.h5``: for the first test image of a 5, group ``blobs`` with one
   dataset per (layer, top) step of the deploy net in forward order, named ``NN_<layer>``
   (NN the 2-digit step), attrs ``blob``, ``layer``, ``layer_type``, shape the blob's shape
   for one image (each top is captured right after its layer ran, so in-place activations
   are steps of their own); group ``params/<layer>`` with datasets ``0`` (weights) and ``1``
-  (biases); dataset ``input`` 1 x 1 x 28 x 28; attrs ``label`` (5) and ``index``.
+  (biases); dataset ``input`` 1 x 1 x 28 x 28; attrs ``label`` (5), ``index`` and the codes'
+  attrs but ``split`` and ``stage``.
 
 Limits: a run that is not finished is extracted from its last snapshot (``run_status`` and
 ``iteration`` say so). The images are read from the paths recorded in the run's manifest.
+An extraction that fails or is interrupted leaves no file behind (not even the temporary
+files of a worker that was killed).
 """
-import glob
 import math
 import os
 import sys
 import time
 
-from . import specs
+from . import files, specs
+from .backends import resolve_backend
 from .errors import CaeError
-from .train import last_snapshot, read_manifest, resolve_backend
+from .rundir import DIGIT, MANIFEST, SPLITS, RunDir, codes_name
 
-SPLITS = ("test", "train")
-DIGIT = 5
+__all__ = ["extract", "codes_name", "SPLITS", "DIGIT"]
 
 
-def codes_name(split):
-    return "codes.h5" if split == "test" else "codes_%s.h5" % split
+def _job(rd, manifest, snap, split, blobs):
+    net, dim, s = manifest["net"], manifest["dim"], manifest["settings"]
+    size_key = "data.train_size" if split == "train" else "data.test_size"
+    return {
+        "mode": manifest.get("mode", "cpu"),
+        "deploy": rd.file(manifest["files"]["deploy"]),
+        "train_test": rd.file(manifest["files"]["train_test"]),
+        "weights": snap["caffemodel_path"], "data_h5": manifest["data"][split]["images"],
+        "code_blob": specs.code_blob(net), "recon_blob": specs.reconstruction_blob(net),
+        "stage": "test-on-" + split, "stage_iter": math.ceil(s[size_key] / s["data.batch_size"]),
+        "codes_out": rd.codes(split), "blobs_out": rd.blobs if blobs else None,
+        "digit_h5": manifest["data"]["test"]["images"], "digit": DIGIT,
+        "attrs": {"net": net, "dim": dim, "split": split, "iteration": snap["iter"],
+                  "run_status": manifest.get("status"), "weights": snap["caffemodel"],
+                  "stage": "test-on-" + split, "backend": manifest.get("backend", "caffe"),
+                  "caffe_version": (manifest.get("engine") or {}).get("caffe_version") or ""},
+        "stderr_log": rd.engine_log,
+    }
 
 
 def extract(run_dir, split="test", backend=None, stream=None, blobs=True):
     """Write codes (and the digit-5 blobs); returns a dict with paths, n, dim, losses, seconds.
     ``backend``: None (the backend of the run's last session), a name or a Backend."""
+    from tqdm import tqdm
+
     stream = stream if stream is not None else sys.stderr
     if split not in SPLITS:
         raise CaeError("--split: expected test or train, got %r" % split)
-    run_dir = os.path.abspath(run_dir)
-    if not os.path.isdir(run_dir):
-        raise CaeError("%s: no such run directory" % run_dir)
-    manifest = read_manifest(run_dir)
-    if manifest is None:
-        raise CaeError("%s: not a run directory (no manifest.json); train first" % run_dir)
-    snap = last_snapshot(run_dir, manifest)
+    rd = RunDir(run_dir)
+    if not os.path.isdir(rd.path):
+        raise CaeError("%s: no such run directory" % rd.path)
+    manifest = rd.read_manifest()
+    snap = rd.last_snapshot(manifest)
     if snap is None:
         raise CaeError("%s: no snapshot to extract from (status %s); train the run first"
-                       % (run_dir, manifest.get("status")))
+                       % (rd.path, manifest.get("status")))
     if manifest.get("status") != "finished":
         stream.write("%s: run is %s; extracting from its snapshot at iteration %d\n"
-                     % (run_dir, manifest.get("status"), snap["iter"]))
-    net, dim = manifest["net"], manifest["dim"]
-    s = manifest["settings"]
-    data = manifest["data"]
-    images = data[split]["images"]
-    test_images = data["test"]["images"]
-    for path in {images, test_images}:
+                     % (rd.path, manifest.get("status"), snap["iter"]))
+    job = _job(rd, manifest, snap, split, blobs)
+    for path in {job["data_h5"], job["digit_h5"]}:
         if not os.path.isfile(path):
-            raise CaeError("%s: image file of the run's data not found (recorded in %s)"
-                           % (path, os.path.join(run_dir, "manifest.json")))
-    size_key = "data.train_size" if split == "train" else "data.test_size"
-    out = os.path.join(run_dir, codes_name(split))
-    job = {
-        "mode": manifest.get("mode", "cpu"),
-        "deploy": os.path.join(run_dir, manifest["files"]["deploy"]),
-        "train_test": os.path.join(run_dir, manifest["files"]["train_test"]),
-        "weights": snap["caffemodel_path"], "data_h5": images,
-        "code_blob": specs.code_blob(net), "recon_blob": specs.reconstruction_blob(net),
-        "stage": "test-on-" + split, "stage_iter": math.ceil(s[size_key] / s["data.batch_size"]),
-        "codes_out": out, "blobs_out": os.path.join(run_dir, "blobs_digit%d.h5" % DIGIT) if blobs else None,
-        "digit_h5": test_images, "digit": DIGIT,
-        "attrs": {"net": net, "dim": dim, "split": split, "iteration": snap["iter"],
-                  "run_status": manifest.get("status"), "weights": snap["caffemodel"],
-                  "stage": "test-on-" + split, "backend": manifest.get("backend", "caffe"),
-                  "caffe_version": (manifest.get("engine") or {}).get("caffe_version") or ""},
-        "stderr_log": os.path.join(run_dir, "engine.log"),
-    }
+            raise CaeError("%s: image file of the run's data not found (recorded in %s)" % (path, rd.file(MANIFEST)))
+    outputs = [p for p in (job["codes_out"], job["blobs_out"]) if p]
+    for path in outputs:
+        files.check_writable(path)
     be = resolve_backend(backend or manifest.get("backend", "caffe").split("+")[-1])
     job["attrs"]["extract_backend"] = be.info(job["mode"]).get("backend") or ""
     t0 = time.time()
     result = {}
     tty = hasattr(stream, "isatty") and stream.isatty()
+    bar = None
     session = be.extract(job, manifest.get("data_root") or os.getcwd())
     try:
         for event in session.events():
             if event["event"] == "progress" and tty:
-                stream.write("\rextract: %s %d/%d" % (event.get("what", ""), event["done"], event["total"]))
-                stream.flush()
+                bar = bar or tqdm(total=event["total"], desc="extract: " + event.get("what", ""), file=stream,
+                                  leave=False)
+                bar.update(event["done"] - bar.n)
             elif event["event"] == "result":
                 result = event
             elif event["event"] == "end" and event.get("status") != "finished":
-                raise CaeError("%s: extraction failed: %s" % (run_dir, event.get("message")))
+                raise CaeError("%s: extraction failed: %s" % (rd.path, event.get("message")))
     except BaseException:
-        if tty:
-            stream.write("\n")
-        for path in (out, job["blobs_out"]):  # temporary files of a worker that was stopped
-            for name in glob.glob(glob.escape(path or "") + ".tmp-*") if path else ():
-                os.unlink(name)
+        for path in outputs:  # the temporary files of a worker that was stopped or killed
+            files.remove_temporaries(path)
         raise
-    if tty:
-        stream.write("\r" + " " * 40 + "\r")
+    finally:
+        if bar is not None:
+            bar.close()
     result.pop("event", None)
-    result.update(codes=out, blobs=job["blobs_out"], seconds=round(time.time() - t0, 3), iteration=snap["iter"])
+    result.update(codes=job["codes_out"], blobs=job["blobs_out"], seconds=round(time.time() - t0, 3),
+                  iteration=snap["iter"])
     return result

@@ -1,24 +1,104 @@
-"""Atomic file writes: a temporary file in the target's folder, then a rename.
+"""Every file the package writes goes through here: atomic, and bad paths in one line.
 
-A reader (or an interrupted writer) never sees half a file. Standard library only (h5py is
-imported where HDF5 is written), so code running inside the Caffe engine can use it too.
+Atomic: a temporary file in the target's folder, then a rename, so a reader (or an
+interrupted writer) never sees half a file. An output path that cannot be written (its
+folder is a file or cannot be made, it is a directory, the file system refuses) raises one
+CaeError naming the path and why; the CLI prints it as one line and exits 2.
+
+Standard library only (h5py is imported where HDF5 is written), so code running inside the
+Caffe engine can use it too.
 """
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+
+from .errors import CaeError
+
+
+def _why(exc):
+    return exc.strerror or str(exc)
+
+
+def ensure_dir(path, what="output directory"):
+    """Create the directory ``path`` (and its parents); CaeError naming it when that fails."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        why = "a file is in the way" if isinstance(exc, FileExistsError) else _why(exc)
+        raise CaeError("%s: cannot create the %s (%s)" % (path, what, why)) from None
+    return path
+
+
+def check_dir(path, what="output directory"):
+    """CaeError unless the directory ``path`` exists or can be made; made for the check and
+    removed again, so that a bad path fails before long work and a good one is left as it was."""
+    made = []
+    folder = os.path.abspath(path)
+    while not os.path.lexists(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    ensure_dir(path, what)
+    for folder in made:  # deepest first
+        os.rmdir(folder)
+
+
+def check_writable(path):
+    """CaeError unless a file can be written at ``path`` (its folder is made): used before
+    long work whose result goes there."""
+    if os.path.isdir(path):
+        raise CaeError("%s: is a directory; expected a file path to write" % path)
+    os.unlink(_make_temporary(path))
+
+
+TMP_PREFIX = ".tmp-"
+
+
+def _temporary(path):
+    """(folder, prefix, suffix) of the temporary names :func:`atomic_path` uses for ``path``."""
+    return os.path.dirname(os.path.abspath(path)), TMP_PREFIX, "-" + os.path.basename(path)
+
+
+def _make_temporary(path):
+    """An empty temporary file beside ``path`` (its folder made); CaeError when it cannot be."""
+    folder, prefix, suffix = _temporary(path)
+    ensure_dir(folder, "folder of %s" % path)
+    try:
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+    except OSError as exc:
+        raise CaeError("%s: cannot write here (%s)" % (path, _why(exc))) from None
+    os.close(handle)
+    return tmp
+
+
+def remove_temporaries(path):
+    """Remove what writers of ``path`` that were killed left behind; returns the names removed."""
+    folder, prefix, suffix = _temporary(path)
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix) and n.endswith(suffix)]
+    except OSError:
+        return []
+    for name in names:
+        try:
+            os.unlink(os.path.join(folder, name))
+        except OSError:
+            pass
+    return names
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; on success it replaces ``path``, else it is removed."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    os.close(handle)
+    tmp = _make_temporary(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        if os.path.isdir(path):
+            raise CaeError("%s: is a directory; expected a file path to write" % path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise CaeError("%s: cannot write (%s)" % (path, _why(exc))) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -49,3 +129,9 @@ def write_h5(path, fill):
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as out:
             fill(out)
+
+
+def copy_file(source, path):
+    """Copy ``source`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)

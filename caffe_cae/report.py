@@ -11,10 +11,11 @@ import html
 import json
 import math
 import os
-import shutil
 import statistics
 
+from . import files
 from . import paper as paper_lib
+from . import rundir
 from .files import write_text
 
 PAPER_ITERS = 50000
@@ -33,7 +34,7 @@ def _final_losses(run_dir):
     """The last logged loss of each test stage: {"test-on-train": {...}, "test-on-test": {...}}."""
     last = {}
     try:
-        with open(os.path.join(run_dir, "log.jsonl"), encoding="utf-8") as handle:
+        with open(os.path.join(run_dir, rundir.LOG), encoding="utf-8") as handle:
             for line in handle:
                 try:
                     entry = json.loads(line)
@@ -50,7 +51,7 @@ def _extract_backend(run_dir):
     """The backend that computed the run's codes (codes.h5 attribute), or None."""
     try:
         import h5py
-        with h5py.File(os.path.join(run_dir, "codes.h5"), "r") as f:
+        with h5py.File(os.path.join(run_dir, rundir.codes_name("test")), "r") as f:
             value = f.attrs.get("extract_backend")
     except (OSError, ValueError):
         return None
@@ -80,8 +81,8 @@ def mlp_label(analysis):
 
 def read_run(run_dir):
     """One run as a flat record for the tables."""
-    manifest = _load_json(os.path.join(run_dir, "manifest.json")) or {}
-    analysis = _load_json(os.path.join(run_dir, "analysis.json")) or {}
+    manifest = _load_json(os.path.join(run_dir, rundir.MANIFEST)) or {}
+    analysis = _load_json(os.path.join(run_dir, rundir.ANALYSIS)) or {}
     failed = _load_json(os.path.join(run_dir, "failed.json"))
     guess = _from_path(run_dir)
     net = manifest.get("net") or analysis.get("net") or guess.get("net")
@@ -291,7 +292,7 @@ def build(run_dirs, out_dir, paper=None):
     t4 = table4(rows)
     t5 = table5(timing_rows(records, paper), paper)
     cond = conditions(records)
-    os.makedirs(out_dir, exist_ok=True)
+    files.ensure_dir(out_dir)
     figures = []
     for record in records:
         for path in record["figures"]:
@@ -300,8 +301,7 @@ def build(run_dirs, out_dir, paper=None):
             rel = os.path.join("figures", str(record["net"] or "run"), f"d{record['dim']}",
                                os.path.basename(record["dir"].rstrip(os.sep)), os.path.basename(path))
             target = os.path.join(out_dir, rel)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.copyfile(path, target)
+            files.copy_file(path, target)
             figures.append((record, rel))
     cond_lines = [f"- {key}: {', '.join(value) if isinstance(value, list) else value}"
                   for key, value in cond.items() if key != "failed"]

@@ -14,9 +14,8 @@ import pytest
 from caffe_cae import REPO_ROOT
 from caffe_cae.errors import CaeError
 
-#: engine, Slurm and PyTorch tests fail instead of skipping when their part is missing: in CI
-#: (CI set, as .ci/run runs) or with CAFFE_CAE_REQUIRE_ENGINE=1
-REQUIRED = os.environ.get("CAFFE_CAE_REQUIRE_ENGINE") == "1" or bool(os.environ.get("CI"))
+from conftest import REQUIRED, missing  # noqa: F401 (the fail-in-CI rule, re-exported)
+
 SCRIPTS = os.path.join(REPO_ROOT, "tests", "engine_scripts")
 _cache = {}
 
@@ -26,9 +25,7 @@ def require_torch():
     try:
         import torch
     except ImportError:
-        if REQUIRED:
-            pytest.fail("PyTorch is not installed (pip install -e '.[torch]')", pytrace=False)
-        pytest.skip("PyTorch is not installed", allow_module_level=True)
+        missing("PyTorch is not installed (pip install -e '.[torch]')")
     return torch
 
 
@@ -41,9 +38,7 @@ def require_engine():
             _cache["engine"] = exc
     eng = _cache["engine"]
     if isinstance(eng, CaeError):
-        if REQUIRED:
-            pytest.fail("no engine (required in CI and with CAFFE_CAE_REQUIRE_ENGINE=1): %s" % eng)
-        pytest.skip(str(eng))
+        missing(str(eng))
     return eng
 
 

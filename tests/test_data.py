@@ -279,10 +279,8 @@ def _engine():
         from caffe_cae import engine
         return engine.get_engine(build=False)
     except (ImportError, CaeError) as exc:
-        from engine_support import REQUIRED
-        if REQUIRED:
-            pytest.fail("no Caffe engine (required in CI and with CAFFE_CAE_REQUIRE_ENGINE=1): %s" % exc)
-        pytest.skip(str(exc))
+        from conftest import missing
+        missing(str(exc))
 
 
 def test_caffe_hdf5data_reads_the_files(tmp_path):

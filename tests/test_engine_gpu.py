@@ -19,16 +19,10 @@ import pytest
 
 from caffe_cae import REPO_ROOT, engine
 
-from engine_support import REQUIRED
+from conftest import missing
 
 WHEELS = ("nvidia-cublas-cu11==11.11.3.6", "nvidia-curand-cu11==10.3.0.86")
 LAYER_CU = os.path.join(REPO_ROOT, "docker", "unpooling", "unpooling_layer.cu")
-
-
-def missing(why):
-    if REQUIRED:
-        pytest.fail(why)
-    pytest.skip(why)
 
 
 def cuda_toolkit():

@@ -11,9 +11,10 @@ import pytest
 from caffe_cae import REPO_ROOT, engine
 from caffe_cae.errors import CaeError
 
+from conftest import missing
+
 PATCH = os.path.join(REPO_ROOT, "docker", "patch-caffe.py")
 SCHEMA = os.path.join(REPO_ROOT, "caffe_cae", "proto", "caffe_cae.proto")
-REQUIRED = os.environ.get("CAFFE_CAE_REQUIRE_ENGINE") == "1" or os.environ.get("CI") == "true"
 
 # The parts of BVLC Caffe 1.0's files that the patch touches, in their original form.
 FAKE_PROTO = """syntax = "proto2";
@@ -221,9 +222,7 @@ def test_no_debian_mirror_is_one_clear_error(tmp_path, monkeypatch):
 def _tool(name):
     found = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
     if not found:
-        if REQUIRED:
-            pytest.fail("%s is not installed (CI installs it: .ci/run, setup.cfg [test])" % name)
-        pytest.skip("%s is not installed" % name)
+        missing("%s is not installed (CI installs it: .ci/run, setup.cfg [test])" % name)
     return found
 
 

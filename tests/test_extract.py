@@ -127,3 +127,50 @@ def test_not_a_run_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "manifest.json" in proc.stderr
     proc = cli("extract", str(tmp_path / "missing"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def _killed_writer(path):
+    """A process writing ``path`` through caffe_cae.files (as both workers do), SIGKILLed while
+    its temporary file exists: what a killed extraction leaves behind. Returns the leftover."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import time; from caffe_cae import files\n"
+            "files.write_h5(%r, lambda f: time.sleep(120))\n" % path)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=os.path.dirname(path))
+    folder = os.path.dirname(path)
+    deadline = time.time() + 60
+    leftover = []
+    while not leftover and time.time() < deadline:
+        time.sleep(0.1)
+        leftover = [n for n in os.listdir(folder) if n.startswith(".tmp-") and n.endswith(os.path.basename(path))]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert leftover, "the writer made no temporary file"
+    return leftover
+
+
+@pytest.mark.parametrize("backend", ["caffe", "torch"])
+def test_a_killed_extraction_leaves_no_files(trained_runs, tmp_path, backend):
+    """The host removes the temporary files the workers really write (caffe_cae.files' names)
+    when an extraction fails or is stopped: here after a killed writer, a failing extraction."""
+    if backend == "torch":
+        from engine_support import require_torch
+        require_torch()
+    import shutil
+    run = str(tmp_path / "run")
+    shutil.copytree(trained_runs["model1"], run)
+    for name in ("codes.h5", "blobs_digit5.h5"):
+        if os.path.exists(os.path.join(run, name)):
+            os.unlink(os.path.join(run, name))
+    for name in ("codes.h5", "blobs_digit5.h5"):
+        assert os.path.exists(os.path.join(run, _killed_writer(os.path.join(run, name))[0]))
+    snapshot = os.path.join(run, "snapshots", "model1_d2_iter_%d.caffemodel" % ITERS)
+    with open(snapshot, "wb") as f:
+        f.write(b"not a caffemodel")
+    proc = cli("extract", run, "--backend", backend)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert not [n for n in os.listdir(run) if n.startswith(".tmp-")], os.listdir(run)
+    assert not os.path.exists(os.path.join(run, "codes.h5")) and not os.path.exists(os.path.join(run, "blobs_digit5.h5"))

@@ -12,7 +12,8 @@ import pytest
 
 from caffe_cae import data, grid
 
-from engine_support import REQUIRED, require_engine
+from conftest import missing as not_there
+from engine_support import require_engine
 from slurm_local import LocalSlurm, missing_tools
 from test_grid import N_TEST, N_TRAIN, SCHEDULE, TASKS_FILE, check_finished_run, run_grid
 
@@ -21,14 +22,9 @@ from test_grid import N_TEST, N_TRAIN, SCHEDULE, TASKS_FILE, check_finished_run,
 def cluster(tmp_path_factory):
     missing = missing_tools()
     if missing:
-        message = "Slurm not installed (apt-get install slurm-wlm munge): missing %s" % ", ".join(missing)
-        if REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+        not_there("Slurm not installed (apt-get install slurm-wlm munge): missing %s" % ", ".join(missing))
     if os.geteuid() != 0:
-        if REQUIRED:
-            pytest.fail("the throw-away Slurm cluster runs its daemons as root")
-        pytest.skip("the throw-away Slurm cluster runs its daemons as root")
+        not_there("the throw-away Slurm cluster runs its daemons as root")
     slurm = LocalSlurm(str(tmp_path_factory.mktemp("slurm")))
     try:
         slurm.start()

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from caffe_cae import report
 from caffe_cae.cli import cli
 
+from conftest import missing
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -75,9 +77,7 @@ def test_cli_refuses_missing_run(tmp_path):
 
 def _chromium(args, cwd):
     if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (apt-get install chromium)")
-        pytest.skip("chromium is not installed")
+        missing("chromium is not installed (apt-get install chromium)")
     base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={cwd}/profile", "--virtual-time-budget=5000"]

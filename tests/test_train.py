@@ -18,8 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from caffe_cae import REPO_ROOT, specs
-from caffe_cae import train as train_lib
+from caffe_cae import REPO_ROOT, rundir, specs
 from caffe_cae.caffemodel import read_caffemodel
 from caffe_cae.errors import CaeError
 
@@ -109,7 +108,7 @@ def test_resume_gives_the_uninterrupted_weights(engine, tiny_root, tmp_path):
     snap = [s for s in m["snapshots"] if s["iter"] == 7][0]
     m["snapshots"] = [snap]
     m["status"] = "interrupted"
-    train_lib.write_json(os.path.join(control, "manifest.json"), m)
+    rundir.write_manifest(control, m)
     wrong = str(tmp_path / "wrong-order")
     _resume_without_data_skip(tiny_root, control, wrong)
     c = read_caffemodel(os.path.join(control, "snapshots", "model2_d2_iter_13.caffemodel"))
@@ -140,7 +139,7 @@ def _resume_without_data_skip(root, run_dir, scratch):
     with open(os.path.join(scratch, "data", "hdf5", "train.txt"), "w") as f:
         f.write("data/hdf5/train.h5\n")
     m["data_root"] = scratch
-    train_lib.write_json(os.path.join(run_dir, "manifest.json"), m)
+    rundir.write_manifest(run_dir, m)
     manifest, _ = run_train(scratch, run_dir, resume=True)
     assert manifest["status"] == "finished"
 
@@ -265,15 +264,21 @@ def test_bad_settings_are_one_line(tiny_root, tmp_path):
 # -- progress display (no engine) -----------------------------------------------------------
 
 def test_progress_bar_on_a_terminal_and_plain_lines_otherwise():
+    from caffe_cae.progress import Progress
+
     tty = io.StringIO()
-    bar = train_lib.Progress("model3 d30", 1000, tty, tty=True)
+    bar = Progress("model3 d30", 1000, tty, tty=True, mininterval=0)
     bar.update(10, {"cross_entropy": 80.5, "euclidean": 9.25}, t=100.0)
     bar.update(30, {"cross_entropy": 70.0, "euclidean": 8.0}, t=102.0)
+    bar.status("testing: test-on-test (100 batches)")
+    bar.record({"iter": 30, "phase": "test-on-test", "loss": {"cross_entropy": 60.0}})
+    bar.close()
     text = tty.getvalue()
-    assert text.startswith("\r") and "30/1000" in text and "10.0 it/s" in text and "ETA 1:37" in text
-    assert "cr 70" in text and "eu 8" in text
+    assert "\r" in text and "30/1000" in text and "ETA" in text and "it/s" in text
+    assert "cr=70" in text and "eu=8" in text and "testing: test-on-test" in text
+    assert "test-on-test iter 30 cross_entropy=60\n" in text
     plain = io.StringIO()
-    bar = train_lib.Progress("model3 d30", 1000, plain, tty=False)
+    bar = Progress("model3 d30", 1000, plain, tty=False)
     bar.update(10, {"cross_entropy": 1.0}, t=1.0)
     assert plain.getvalue() == ""
     bar.record({"iter": 100, "phase": "train", "loss": {"cross_entropy": 1.5}})

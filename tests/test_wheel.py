@@ -19,7 +19,7 @@ import pytest
 
 from caffe_cae import REPO_ROOT, engine
 
-from engine_support import REQUIRED
+from conftest import missing
 
 MNIST = os.environ.get("MNIST_DIR") or os.path.join(REPO_ROOT, "data", "mnist")  # as tests/test_data.py
 
@@ -105,9 +105,7 @@ def test_engine_build_and_status_find_the_cached_engine(installed):
     cached = engine.find_rootfs()
     if cached is None:
         message = "no cached rootfs engine for recipe %s (make engine)" % engine.recipe_hash()
-        if REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(message)
     work, cae, env = installed["work"], installed["cae"], {"CAFFE_CAE_ENGINE": "rootfs"}
     proc = _ok(_run([cae, "engine", "build"], cwd=work, timeout=120, env=env))
     assert proc.stdout == "rootfs engine: %s\n" % cached.location  # what a cache hit prints, and only that

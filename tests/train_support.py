@@ -48,12 +48,6 @@ def trained_runs(engine, tiny_root, tmp_path_factory):
     runs = {}
     for net in specs.NETS:
         out = os.path.join(runs_dir, net)
-        overrides = dict(SCHEDULE)
-        if net == "model5":
-            # tanh: with the default momentum 0.9 its cross-entropy first rises on this tiny
-            # set (2498 at iteration 10, 2615 at 30) while the Euclidean loss falls; these
-            # 30 iterations check the mechanics, so Model 5 runs plain SGD here
-            overrides["solver.momentum"] = 0
-        run_train(tiny_root, out, net=net, dim=2, iters=ITERS, seed=1, overrides=overrides)
+        run_train(tiny_root, out, net=net, dim=2, iters=ITERS, seed=1, overrides=dict(SCHEDULE))
         runs[net] = out
     return runs

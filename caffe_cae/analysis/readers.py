@@ -1,6 +1,6 @@
 """The files of a run that the analysis reads, checked: each problem is one CaeError line naming the file.
 
-``read_manifest``, ``read_codes`` (``codes.h5`` / ``codes_train.h5``), ``read_test_images``
+``read_manifest`` (:func:`caffe_cae.rundir.read_manifest`), ``read_codes`` (``codes.h5`` / ``codes_train.h5``), ``read_test_images``
 (the data stage's ``test.h5``), ``read_log`` (``log.jsonl``), ``read_blobs``
 (``blobs_digit5.h5``, Fig. 11) and ``run_prototxt`` (the run's net).
 """
@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from ..errors import CaeError
+from ..rundir import read_manifest  # noqa: F401 (the one manifest reader, re-exported)
 
 
 def _h5(path, what):
@@ -18,20 +19,6 @@ def _h5(path, what):
         return h5py.File(path, "r")
     except OSError as exc:
         raise CaeError("%s: cannot read %s as HDF5 (%s)" % (path, what, exc)) from None
-
-
-def read_manifest(run_dir):
-    path = os.path.join(run_dir, "manifest.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except FileNotFoundError:
-        raise CaeError("%s: no manifest.json; not a run directory" % run_dir) from None
-    except (OSError, ValueError) as exc:
-        raise CaeError("%s: not readable JSON (%s)" % (path, exc)) from None
-    if not isinstance(manifest, dict) or "net" not in manifest or "dim" not in manifest:
-        raise CaeError("%s: expected a run manifest with 'net' and 'dim'" % path)
-    return manifest
 
 
 CODE_FILES = {"test": "codes.h5", "train": "codes_train.h5"}

@@ -11,7 +11,7 @@ import sys
 
 from ..errors import CaeError
 from . import Backend
-from .caffe_engine import WorkerSession
+from .session import WorkerSession
 
 WORKER = "caffe_cae.backends.torch_worker"
 BATCH_WORKER = "caffe_cae.backends.torch_batch_worker"
@@ -22,6 +22,8 @@ class TorchBackend(Backend):
     """Caffe semantics executed by PyTorch (CPU, or CUDA with ``mode="gpu"``)."""
 
     name = "torch"
+    label = "the PyTorch backend"
+    capabilities = frozenset({"batch"})
 
     def __init__(self, python=None):
         self.python = python or sys.executable
@@ -43,22 +45,12 @@ class TorchBackend(Backend):
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         argv = [self.python, "-u", "-m", worker, command, json.dumps(job)]
-        session = WorkerSession(argv, cwd, stderr_path, env=env)
-        return session
-
-    def train(self, job, cwd):
-        return self._start("train", job, cwd, job["stderr_log"])
+        return WorkerSession(argv, cwd, stderr_path, env=env, label=self.label)
 
     def train_batch(self, job, cwd):
         """K runs at once (``grid --batch-runs``): job {"mode", "runs": [train jobs], "stderr_log"};
         events carry ``run`` (see :mod:`caffe_cae.backends.torch_batch_worker`)."""
         return self._start("train", job, cwd, job["stderr_log"], worker=BATCH_WORKER)
-
-    def extract(self, job, cwd):
-        return self._start("extract", job, cwd, job["stderr_log"])
-
-    def bench(self, job, cwd):
-        return self._start("bench", job, cwd, job["stderr_log"])
 
 
 def check_available():

@@ -2,13 +2,13 @@
 import click
 
 from ..backends import BACKENDS
-from .options import fail, run_guarded
+from .options import fail, mode_option, run_guarded
 
 
 @click.command("bench")
-@click.option("--out", type=click.Path(dir_okay=False), default="bench/results.json", show_default=True,
+@click.option("--out", type=click.Path(), default="bench/results.json", show_default=True,
               help="Where to write the results as JSON.")
-@click.option("--mode", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@mode_option(default="cpu", help="CPU or GPU.")
 @click.option("--nets", default="all", show_default=True, help="'all' or a comma list of nets.")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Iterations before timing.")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Timed repeats (median).")
@@ -40,11 +40,10 @@ def cli(out, mode, nets, warmup, repeats, iters, no_harness, backend):
 
 def _compare(names, out, mode, chosen, warmup, repeats, iters, no_harness):
     """Each backend in turn, then one table side by side; OUT holds {backend: results}."""
-    import json
-    import os
-
     from .. import bench as bench_lib
+    from .. import files
 
+    run_guarded(files.check_writable, out)
     by_backend = {}
     try:
         for name in names:
@@ -55,11 +54,6 @@ def _compare(names, out, mode, chosen, warmup, repeats, iters, no_harness):
     except KeyboardInterrupt:
         fail("bench interrupted; %s not written" % out, code=130)
     click.echo(bench_lib.compare_table(by_backend))
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(by_backend, f, indent=1, sort_keys=True)
-    os.replace(tmp, out)
+    run_guarded(files.write_json, out, by_backend, sort_keys=True)
     click.echo("written: %s" % out)
 

@@ -1,16 +1,14 @@
 """``caffe-cae extract``: codes, reconstructions and the Fig. 11 blobs of a trained run."""
 import click
 
-from ..backends import BACKENDS
-from .options import fail, run_guarded
+from .options import backend_option, fail, run_guarded
 
 
 @click.command("extract")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
               help="Images to encode: test -> RUN_DIR/codes.h5, train -> RUN_DIR/codes_train.h5.")
-@click.option("--backend", type=click.Choice(BACKENDS), default=None,
-              help="caffe (the engine) or torch [default: caffe; for a run: the backend it ran in].")
+@backend_option(help="caffe (the engine) or torch [default: the backend the run last trained in].")
 @click.option("--no-blobs", is_flag=True, help="Do not write RUN_DIR/blobs_digit5.h5.")
 def cli(run_dir, split, no_blobs, backend):
     """Run the deploy net with the run's final weights over a split; write codes.h5 and blobs_digit5.h5."""

@@ -1,14 +1,10 @@
-"""Options and error handling shared by the subcommands."""
+"""Options and error handling shared by the subcommands (rasterio ``rio`` style: each shared
+option is defined once here and used by every command that takes it)."""
 import click
 
+from ..backends import BACKENDS
 from ..errors import CaeError
-
-NETS = ("siamese", "deep_ae", "model1", "model2", "model3", "model4", "model5")
-
-net_option = click.option("--net", type=click.Choice(NETS), required=True, help="Which net of the paper.")
-dim_option = click.option("--dim", type=click.IntRange(min=1), required=True, help="Code size D (ip2encode outputs).")
-syntax_option = click.option("--syntax", type=click.Choice(["modern", "legacy"]), default="modern",
-                             show_default=True, help="Caffe syntax: modern layer {} or legacy V1 layers {}.")
+from ..specs import NETS
 
 
 def fail(message, code=2):
@@ -23,3 +19,39 @@ def run_guarded(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except CaeError as exc:
         fail(exc)
+
+
+def parse_sets(pairs):
+    """``KEY=VALUE`` strings -> {key: value} (the one place ``--set`` is parsed)."""
+    overrides = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise CaeError("--set %s: expected KEY=VALUE" % pair)
+        key, value = pair.split("=", 1)
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def net_option(help="Which net of the paper.", **kwargs):
+    return click.option("--net", type=click.Choice(NETS), default=None, help=help, **kwargs)
+
+
+def dim_option(help="Code size D (outputs of ip2encode).", **kwargs):
+    return click.option("--dim", type=click.IntRange(min=1), default=None, help=help, **kwargs)
+
+
+def mode_option(default=None, help="CPU or GPU [default: cpu]."):
+    return click.option("--mode", type=click.Choice(["cpu", "gpu"]), default=default, show_default=default is not None,
+                        help=help)
+
+
+def backend_option(help):
+    return click.option("--backend", type=click.Choice(BACKENDS), default=None, help=help)
+
+
+#: ``--set KEY=VALUE`` (repeatable), parsed into a dict named ``overrides``
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    callback=lambda _ctx, _param, pairs: run_guarded(parse_sets, pairs),
+    help="Override a setting (see `caffe-cae render --list-settings`), e.g. solver.base_lr=0.01 or "
+         "layer.conv1.kernel=7 (repeatable).")

@@ -7,19 +7,9 @@ import click
 from .. import render as render_lib
 from .. import specs
 from ..errors import CaeError
-from .options import run_guarded
+from .options import run_guarded, set_option
 
 SPEC_KEYS = {"net", "dim", "syntax", "activation", "weight_filler", "set"}
-
-
-def _parse_sets(pairs):
-    overrides = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise CaeError(f"--set {pair}: expected KEY=VALUE")
-        key, value = pair.split("=", 1)
-        overrides[key.strip()] = value.strip()
-    return overrides
 
 
 def _read_spec(path):
@@ -72,7 +62,7 @@ def _render(paper_grid, net, dim, syntax, activation, weight_filler, sets, spec_
         overrides["net.activation"] = activation
     if weight_filler:
         overrides["net.conv_filler"] = weight_filler
-    overrides.update(_parse_sets(sets))
+    overrides.update(sets)
     paths = render_lib.write_files(net, dim, out, syntax, overrides)
     for kind in render_lib.KINDS:
         click.echo(os.path.relpath(paths[kind]))
@@ -80,18 +70,18 @@ def _render(paper_grid, net, dim, syntax, activation, weight_filler, sets, spec_
 
 @click.command("render")
 @click.option("--paper-grid", is_flag=True, help="Every net at the paper's code sizes, both syntaxes.")
+# --net and --dim are checked by _render (not click) because --spec gives them too, with the same messages
 @click.option("--net", help="siamese, deep_ae, model1 ... model5.")
 @click.option("--dim", type=int, help="Code size D (outputs of ip2encode).")
 @click.option("--syntax", default="modern", show_default=True, help="modern (layer {}) or legacy (V1 layers {}).")
 @click.option("--activation", help="sigmoid, tanh or relu (default: the paper's for the net).")
 @click.option("--weight-filler", help="Filler of conv/deconv weights: xavier, msra or gaussian.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a setting, e.g. solver.base_lr=0.01 or layer.conv1.kernel=7 (repeatable).")
+@set_option
 @click.option("--spec", "spec_file", type=click.Path(dir_okay=False),
               help="A JSON file with keys net, dim, syntax, activation, weight_filler, set.")
 @click.option("--out", default="generated", show_default=True, help="Output directory.")
 @click.option("--list-settings", is_flag=True, help="Print every setting, its default and why.")
-def cli(paper_grid, net, dim, syntax, activation, weight_filler, sets, spec_file, out, list_settings):
+def cli(paper_grid, net, dim, syntax, activation, weight_filler, overrides, spec_file, out, list_settings):
     """Render train_test, deploy and solver prototxt files."""
-    run_guarded(_render, paper_grid, net, dim, syntax, activation, weight_filler, sets, spec_file, out,
+    run_guarded(_render, paper_grid, net, dim, syntax, activation, weight_filler, overrides, spec_file, out,
                 list_settings)

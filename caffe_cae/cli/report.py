@@ -18,7 +18,7 @@ def _report(run_dirs, out):
 
 @click.command("report")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for index.html and report.md.")
+@click.option("--out", required=True, type=click.Path(), help="Directory for index.html and report.md.")
 def cli(run_dirs, out):
     """Write a report (HTML and Markdown) over RUN_DIRS."""
     run_guarded(_report, run_dirs, out)

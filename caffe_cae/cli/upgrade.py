@@ -17,7 +17,7 @@ def _upgrade(file, out):
 
 @click.command("upgrade")
 @click.argument("file", type=click.Path())
-@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write here instead of standard output.")
+@click.option("-o", "--out", type=click.Path(), help="Write here instead of standard output.")
 def cli(file, out):
     """Convert FILE (V1 `layers {}`, UNPOOLING included) to modern `layer {}` syntax."""
     run_guarded(_upgrade, file, out)
