@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from .. import REPO_ROOT
+from ..rundir import MANIFEST
 from . import progress
 from .plan import STAGES, batch_name, batch_train_argv, count_unfinished, make_batches, read_json, \
     report_argv, report_dirs, stage_argv, stage_done
@@ -196,7 +197,7 @@ def run_batch(out, runs, config, env, attempts=2, display=None, stopper=None):
             run_dir = os.path.join(out, run["dir"])
             if stage_done(run_dir, "train"):
                 continue
-            failure = (read_json(os.path.join(run_dir, "manifest.json")) or {}).get("failure") or {}
+            failure = (read_json(os.path.join(run_dir, MANIFEST)) or {}).get("failure") or {}
             message = failure.get("message") or last_error_line(batch_log)
             errors[run["id"]] = {"stage": "train", "exit_status": rc, "attempt": attempt, "message": message}
             display.line(f"[grid] {run['id']}: train failed (exit status {rc}): {message}")

@@ -16,6 +16,7 @@ import shlex
 import sys
 
 from ..errors import CaeError
+from ..rundir import ANALYSIS, BLOBS, MANIFEST, codes_name
 from ..specs import NETS, PAPER_DIMS
 
 STAGES = ("train", "extract", "analyze")
@@ -86,12 +87,12 @@ def manifest_iters(manifest):
 def stage_done(run_dir, stage):
     """Whether ``stage`` of the run in ``run_dir`` has finished (judged from its files)."""
     if stage == "train":
-        manifest = read_json(os.path.join(run_dir, "manifest.json"))
+        manifest = read_json(os.path.join(run_dir, MANIFEST))
         return bool(manifest) and str(manifest.get("status", "")).lower() in TRAIN_DONE
     if stage == "extract":
-        return all(os.path.isfile(os.path.join(run_dir, n)) for n in ("codes.h5", "blobs_digit5.h5"))
+        return all(os.path.isfile(os.path.join(run_dir, n)) for n in (codes_name("test"), BLOBS))
     if stage == "analyze":
-        return os.path.isfile(os.path.join(run_dir, "analysis.json"))
+        return os.path.isfile(os.path.join(run_dir, ANALYSIS))
     raise ValueError(stage)
 
 
@@ -105,12 +106,12 @@ def count_unfinished(out, plan):
 
 def train_started(run_dir):
     """A training run was begun in ``run_dir`` (so it is continued with --resume)."""
-    return os.path.isfile(os.path.join(run_dir, "manifest.json"))
+    return os.path.isfile(os.path.join(run_dir, MANIFEST))
 
 
 def resume_point(run_dir):
     """The iteration a started run continues from (its last snapshot; 0 when none or new)."""
-    manifest = read_json(os.path.join(run_dir, "manifest.json")) or {}
+    manifest = read_json(os.path.join(run_dir, MANIFEST)) or {}
     iters = [s.get("iter", 0) for s in manifest.get("snapshots") or []
              if os.path.isfile(os.path.join(run_dir, s.get("caffemodel", "")))
              and os.path.isfile(os.path.join(run_dir, s.get("solverstate", "")))]

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 
 from ..errors import CaeError
+from ..rundir import MANIFEST
 from ..files import write_json
 from .plan import manifest_iters, read_json, run_complete
 
@@ -70,7 +71,7 @@ def prepare(out, plan, config, retry_failed=False):
     a training run of another length is refused (CaeError), nothing is overwritten.
     """
     for run in plan:
-        manifest = read_json(os.path.join(out, run["dir"], "manifest.json"))
+        manifest = read_json(os.path.join(out, run["dir"], MANIFEST))
         iters = manifest_iters(manifest) if manifest else None
         if iters is not None and iters != config["iters"]:
             raise CaeError(f"{os.path.join(out, run['dir'], 'manifest.json')}: run trained for {iters} "
