@@ -262,11 +262,14 @@ def reference(results_dir, transfers=("tansig", "logsig"), mnist_dir=None, jobs=
     return rows
 
 
-def run(runs_dir, results_dir, jobs=2, backend="torch", limit=None, readme=None, log=print, config=None):
+def run(runs_dir, results_dir, jobs=2, backend="torch", limit=None, readme=None, log=print, config=None,
+        display=None):
     """Publish what is finished, run what is missing (in ``plan()`` order, ``limit`` runs at
-    most counting those published), publish each run as it finishes, refresh."""
+    most counting those published), publish each run as it finishes, refresh. ``display``: the
+    grid's progress display (``grid.make_display``; its lines replace ``log``)."""
     from . import grid
 
+    log = display.line if display is not None else log
     todo = [item for item in plan()[:limit] if not published(results_dir, *item)]
     config = dict({"iters": 50000, "mode": "cpu", "backend": backend, "sets": [], "analyze_args": [],
                    "batch_runs": 1}, **(config or {}))
@@ -281,6 +284,7 @@ def run(runs_dir, results_dir, jobs=2, backend="torch", limit=None, readme=None,
             log("[results] published %s" % entry["dir"])
             refresh(results_dir, readme, log)
 
-    counts = grid.run_local(runs_dir, runs, config, jobs, log=log, on_done=done, report=False) if runs else {}
+    counts = grid.run_local(runs_dir, runs, config, jobs, log=log, on_done=done, report=False,
+                            display=display) if runs else {}
     refresh(results_dir, readme, log)
     return counts

@@ -5,6 +5,7 @@ Engine tests skip without an engine, and FAIL when CAFFE_CAE_REQUIRE_ENGINE=1 (C
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,8 @@ from engine_support import require_engine
 N_TRAIN, N_TEST = 250, 300
 SCHEDULE = ["--set", "solver.display=5", "--set", "solver.test_interval=10", "--set", "solver.snapshot=5",
             "--analyze-arg=--mlp-epochs=50"]
+#: the task list of a Slurm submission (regular expression; ``out`` escaped)
+TASKS_FILE = r"{out}/slurm/tasks-\d{{8}}-\d{{6}}\.json"
 
 
 def run_grid(*args, cwd=None, timeout=1200, extra_env=None):
@@ -79,7 +82,9 @@ def test_slurm_dry_run_prints_both_scripts_and_submits_nothing(tmp_path):
     text = proc.stdout
     assert "#SBATCH --array=0-3%3" in text
     assert "--dependency=afterany:" in text
-    assert "-m caffe_cae.grid task" in text and "-m caffe_cae.grid report" in text
+    assert "-m caffe_cae grid-slurm task" in text and "-m caffe_cae grid-slurm report" in text
+    # the task list named is the one a submission now would write (tests/test_grid_slurm.py)
+    assert re.search(r" %s \"\$SLURM_ARRAY_TASK_ID\"\n" % TASKS_FILE.format(out=re.escape(str(out))), text), text
     assert "#SBATCH --output=%s/slurm/logs/%%A_%%a.out" % out in text
     assert not out.exists()
     array = text.split("# --- grid_array.sh\n")[1].split("# --- grid_report.sh")[0]
@@ -183,6 +188,8 @@ def test_short_grid_runs_every_stage_once_and_rerun_does_nothing(tiny_root):
     proc = run_grid(*args, cwd=tiny_root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "report: %s" % os.path.join(out, "report", "index.html") in proc.stdout
+    assert "\r" not in proc.stderr and "\x1b[" not in proc.stderr  # not a terminal: plain lines, no bar
+    assert "[grid] model1_d2_run1: train (attempt 1)\n" in proc.stderr
     state = grid.read_json(os.path.join(out, "grid.json"))
     assert {k: v["status"] for k, v in state["runs"].items()} == {"model1_d2_run1": "done",
                                                                   "siamese_d2_run1": "done"}

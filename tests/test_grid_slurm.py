@@ -6,6 +6,7 @@ Debian's slurm-wlm and munge, or without the engine, the tests skip, and FAIL wh
 CAFFE_CAE_REQUIRE_ENGINE=1 (CI installs both, see .ci/run).
 """
 import os
+import re
 
 import pytest
 
@@ -14,7 +15,7 @@ from caffe_cae import data, grid
 from conftest import missing as not_there
 from engine_support import require_engine
 from slurm_local import LocalSlurm, missing_tools
-from test_grid import N_TEST, N_TRAIN, SCHEDULE, check_finished_run, run_grid
+from test_grid import N_TEST, N_TRAIN, SCHEDULE, TASKS_FILE, check_finished_run, run_grid
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,11 @@ def test_slurm_grid_trains_every_run_and_reports(cluster, tmp_path):
     state = grid.read_json(os.path.join(out, "grid.json"))
     array, report = state["slurm"]["array_job"], state["slurm"]["report_job"]
     assert "job array %s" % array in proc.stdout and "report job %s" % report in proc.stdout
+    # the task list is named as the dry run names it (tests/test_grid.py), and the array script runs it
+    tasks = state["slurm"]["tasks_file"]
+    assert re.fullmatch(TASKS_FILE.format(out=re.escape(out)), tasks) and os.path.isfile(tasks), tasks
+    with open(os.path.join(out, "slurm", "grid_array.sh")) as f:
+        assert ' grid-slurm task %s %s "$SLURM_ARRAY_TASK_ID"\n' % (out, tasks) in f.read()
     states = cluster.wait_jobs([array, report], timeout=1500)
     assert states[array] == ["COMPLETED"] * 4 and states[report] == ["COMPLETED"], (states, cluster.logs())
 

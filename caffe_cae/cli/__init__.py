@@ -21,6 +21,7 @@ COMMANDS = {
     "analyze": "analyze",
     "report": "report",
     "grid": "grid",
+    "grid-slurm": "grid_slurm",
     "results": "results",
 }
 

@@ -46,7 +46,7 @@ def cli(nets, dims, runs, iters, mode, backend, batch_runs, executor, jobs, out,
     OUT/grid.json and in the report.
     """
     import os
-    import shlex
+    import sys
 
     from .. import grid
 
@@ -62,31 +62,16 @@ def cli(nets, dims, runs, iters, mode, backend, batch_runs, executor, jobs, out,
                     time_limit=time_limit, extra=sbatch_args, log=click.echo)
         return
     if dry_run:
-        config["threads"] = max(1, grid.usable_cores() // jobs)
-        for unit in grid.make_batches(out, plan, batch_runs):
-            if len(unit) > 1:
-                click.echo(f"# batch of {len(unit)} runs, trained at once: " + " ".join(r["id"] for r in unit))
-                click.echo(" ".join(map(shlex.quote, grid.batch_train_argv(unit, out, config))))
-            for run in unit:
-                run_dir = os.path.join(out, run["dir"])
-                todo = [s for s in grid.STAGES if not grid.stage_done(run_dir, s)]
-                if len(unit) > 1:
-                    todo = [s for s in todo if s != "train"]
-                    click.echo(f"# {run['id']}: train in the batch above, then: " + " ".join(todo))
-                else:
-                    click.echo(f"# {run['id']}: " + ("finished" if not todo else "to do: " + " ".join(todo)))
-                for stage in todo:
-                    click.echo(" ".join(map(shlex.quote, grid.stage_argv(stage, run, run_dir, config))))
-        click.echo(" ".join(map(shlex.quote, grid.report_argv(out, plan))))
+        for line in grid.dry_run_lines(out, plan, dict(config, threads=max(1, grid.usable_cores() // jobs))):
+            click.echo(line)
         return
     counts = run_guarded(grid.run_local, out, plan, config, jobs, retry_failed=retry_failed,
-                         log=lambda m: click.echo(m, err=True))
+                         display=grid.make_display(sys.stderr))
     if counts.get("interrupted"):
         click.echo(f"grid: interrupted ({counts.get('done', 0)} of {len(plan)} runs done); "
                    "the same command continues it", err=True)
         raise SystemExit(130)
-    state = grid.read_json(os.path.join(out, grid.STATE_FILE)) or {}
-    report = state.get("report", {})
+    report = grid.read_state(out).get("report", {})
     click.echo(f"grid: {counts.get('done', 0)} done, {counts.get('failed', 0)} failed of {len(plan)} runs; "
                f"state {os.path.join(out, grid.STATE_FILE)}")
     if report.get("status") == "done":

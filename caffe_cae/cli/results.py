@@ -1,5 +1,6 @@
 """``caffe-cae results``: the full-length runs of Table 4, published in results/ (see caffe_cae.results)."""
 import os
+import sys
 
 import click
 
@@ -48,8 +49,10 @@ def cli(runs_dir, results_dir, jobs, backend, limit, readme, refresh_only, publi
     if refresh_only or publish_dirs:
         run_guarded(lib.refresh, results_dir, readme, click.echo)
         return
+    from ..grid import make_display
+
     counts = run_guarded(lib.run, runs_dir, results_dir, jobs=jobs, backend=backend, limit=limit, readme=readme,
-                         log=click.echo)
+                         display=make_display(sys.stdout))
     if counts.get("interrupted"):
         raise SystemExit(130)
     if counts.get("failed"):
