@@ -11,7 +11,7 @@
   HDF5 (full set, into the temporary directory), start a 1-iteration training run
   (engine start, solver set-up, a test pass of 1 + 100 batches, one snapshot), extract 10000 test codes from it (whole
   command; ``extract_codes_forward`` is the forward passes alone), and, when
-  :mod:`caffe_cae.analyze` defines ``benchmark()`` (analysis of a synthetic 10000 x 30
+  :mod:`caffe_cae.analysis.benchmark` defines ``benchmark()`` (analysis of a synthetic 10000 x 30
   code), its wall time (its full answer under ``analyze``);
 - ``conditions``: engine, Caffe version, mode, host, threads, date, git commit.
 
@@ -137,18 +137,13 @@ def _harness_run(be, work, mode, results, stream):
 
 
 def _analyze_hook(results, stream):
-    """``caffe_cae.analyze.benchmark()`` (10000 x 30 synthetic code) when it exists."""
-    try:
-        from .analysis import benchmark as analyze
-    except ImportError:
-        return
-    hook = getattr(analyze, "benchmark", None)
-    if not callable(hook):
-        return
+    """``caffe_cae.analysis.benchmark.benchmark()``: the analysis of a synthetic 10000 x 30 code."""
+    from .analysis.benchmark import benchmark as hook
+
     try:
         timings = hook() or {}
     except Exception as exc:  # a failing hook must not lose the measurements made so far
-        stream.write("bench: caffe_cae.analyze.benchmark() failed: %s\n" % exc)
+        stream.write("bench: caffe_cae.analysis.benchmark() failed: %s\n" % exc)
         results["harness"]["analyze_error"] = str(exc)
         return
     results["analyze"] = timings
