@@ -274,11 +274,17 @@ def _cae(s, dim, stage, model, syntax):
                    conv(s, "deconv1", "unpool2", 26, 5, deconv=True), act(s, _act_name(s, 1, "de"), "deconv1"),
                    unpool("unpool1", "deconv1", 24, "pool1_mask" if switches else None),
                    conv(s, "deconv1neur", "unpool1", 1, 5, deconv=True)]
-    layers.append({"name": "deconv1neursig", "kind": "act", "act": "sigmoid", "bottom": ["deconv1neur"],
-                   "top": ["deconv1neursig"]})
+    return layers + output_and_losses(s, stage, "deconv1neur", "deconv1neursig", "data")
+
+
+def output_and_losses(s, stage, logits, output, target):
+    """The sigmoid reconstruction ``output`` of ``logits``; outside deploy, the cross-entropy on
+    the logits and the Euclidean loss of ``output`` against ``target`` (the image as the net
+    holds it: 1x28x28 for the CAEs, flattened for the deep AE)."""
+    layers = [{"name": output, "kind": "act", "act": "sigmoid", "bottom": [logits], "top": [output]}]
     if stage != "deploy":
-        layers += ae_losses(s, "deconv1neur", "data")
-        layers.append({"name": "loss_euclid", "kind": "euclid_loss", "bottom": ["deconv1neursig", "data"],
+        layers += ae_losses(s, logits, "data")
+        layers.append({"name": "loss_euclid", "kind": "euclid_loss", "bottom": [output, target],
                        "top": ["euclidean_loss"], "loss_weight": s["loss.euclidean_weight"]})
     return layers
 
@@ -295,13 +301,7 @@ def _deep_ae(s, dim, stage, syntax):
             layers.append({"name": name + "neuron", "kind": "act", "act": s["net.activation"], "bottom": [name],
                            "top": [name]})
         bottom = name
-    layers.append({"name": "decode1neuron", "kind": "act", "act": "sigmoid", "bottom": ["decode1"],
-                   "top": ["decode1neuron"]})
-    if stage != "deploy":
-        layers += ae_losses(s, "decode1", "data")
-        layers.append({"name": "loss_euclid", "kind": "euclid_loss", "bottom": ["decode1neuron", "flatdata"],
-                       "top": ["euclidean_loss"], "loss_weight": s["loss.euclidean_weight"]})
-    return layers
+    return layers + output_and_losses(s, stage, "decode1", "decode1neuron", "flatdata")
 
 
 def _siamese_channel(s, dim, data, suffix):
