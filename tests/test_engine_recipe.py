@@ -257,7 +257,7 @@ def test_one_dockerfile_for_both_images():
     text = read(os.path.join(REPO_ROOT, "docker", "Dockerfile"))
     assert [line for line in text.splitlines() if line.startswith("FROM ")] == ["FROM debian:bullseye"]
     assert "nvidia/cuda" not in text.replace("an nvidia/cuda base", "")
-    assert "cuda-toolkit.sh" in text and "build-caffe.sh --gpu" in text and 'ARG CUDA_ARCH_BIN="%s"' % engine.GPU_ARCHS \
+    assert "bash /opt/caffe-cae/recipe/cuda-toolkit.sh" in text and "build-caffe.sh --gpu" in text and 'ARG CUDA_ARCH_BIN="%s"' % engine.GPU_ARCHS \
         in text
     assert sorted(os.listdir(os.path.join(REPO_ROOT, "docker"))) == [
         "Dockerfile", "build-caffe.sh", "cuda-toolkit.sh", "patch-caffe.py", "unpooling"]
@@ -308,7 +308,7 @@ def test_docker_context_is_the_recipe_and_the_harness():
     """Every COPY of docker/Dockerfile finds its files in the context caffe-cae assembles (recipe/ as
     the rootfs engine lays it out, harness/ the package with its templates and recipe); the image's
     hash follows the context and the build arguments."""
-    ctx = engine.docker.image_context(gpu=True)
+    ctx = engine.docker.image_context()
     for line in read(os.path.join(REPO_ROOT, "docker", "Dockerfile")).splitlines():
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:

@@ -53,7 +53,7 @@ from . import gpu
 from .base import (PACKAGE_PARENT_IN_ENGINE, PASS_ENV, Engine, HostEngine, engine_pythonpath,  # noqa: F401
                    package_bind, visible_paths)
 from .docker import DockerEngine, answers, build_image, docker_host, image_hash  # noqa: F401
-from .recipe import (CAFFE_PYTHON_DIR, CI_ARCHS, GPU_ARCHS, PREFIX, SUITE, VARIANT, apt_source_files,  # noqa: F401
+from .recipe import (CAFFE_PYTHON_DIR, GPU_ARCHS, PREFIX, SUITE, VARIANT, apt_source_files,  # noqa: F401
                      cache_root, debian_mirror, engine_dir, parse_apt_sources, recipe_contents, recipe_files,
                      recipe_hash, recipe_path)
 from .rootfs import RootfsEngine, build_rootfs, check_bwrap, find_rootfs, prune  # noqa: F401

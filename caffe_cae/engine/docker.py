@@ -13,6 +13,8 @@ under harness/), and is the image's label LABEL; an image whose label matches is
 a rebuild after a harness change reuses the engine layer from Docker's layer cache. The base
 ``debian:bullseye`` is pulled, or made locally where no registry answers (debootstrap, as root).
 """
+import fcntl
+import glob
 import os
 import shutil
 import subprocess
@@ -70,12 +72,13 @@ def _walk(root, rel):
     return out
 
 
-def image_context(gpu=False):
-    """{path in the build context: bytes or ('link', target)}: recipe/ and harness/."""
+def image_context():
+    """{path in the build context: bytes or ('link', target)}: recipe/ (the GPU recipe, which holds the
+    CPU one) and harness/. The same for both images, which differ by their build arguments."""
     if not REPO_ROOT:
         raise CaeError("the caffe-cae image is built from a checkout of caffe-cae (its harness is the checkout); "
                        "this package was installed from a wheel: use the rootfs engine (caffe-cae engine build)")
-    ctx = {"recipe/" + recipe_in_engine(rel): data for rel, data in recipe_contents(gpu).items()}
+    ctx = {"recipe/" + recipe_in_engine(rel): data for rel, data in recipe_contents(gpu=True).items()}
     for name in HARNESS_FILES:
         with open(os.path.join(REPO_ROOT, name), "rb") as f:
             ctx["harness/" + name] = f.read()
@@ -92,7 +95,7 @@ def image_hash(gpu=False, archs=None, context=None):
     """The image's recipe hash: Dockerfile, build arguments, every file of the context."""
     with open(dockerfile(), "rb") as f:
         files = {"Dockerfile": f.read()}
-    for key, value in (context or image_context(gpu)).items():
+    for key, value in (context or image_context()).items():
         files[key] = value if isinstance(value, bytes) else ("\0link\0" + value[1]).encode()
     args = "".join("%s=%s\n" % kv for kv in sorted(build_args(gpu, archs).items()))
     return digest(("caffe-cae image %s %s\n%s" % (SUITE, VARIANT, args), files))
@@ -186,7 +189,8 @@ def ensure_base(host, log=sys.stderr):
         if proc.returncode != 0:
             raise CaeError("debootstrap %s failed (exit %d): %s" % (SUITE, proc.returncode,
                                                                     proc.stdout.strip().splitlines()[-1:]))
-        shutil.rmtree(os.path.join(root, "var", "cache", "apt", "archives"), ignore_errors=True)
+        for deb in glob.glob(os.path.join(root, "var", "cache", "apt", "archives", "*.deb")):
+            os.unlink(deb)  # what debootstrap downloaded (apt-get clean)
         tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
         imported = docker(host, "import", "-", BASE_IMAGE, stdin=tar.stdout, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, universal_newlines=True)
@@ -216,13 +220,22 @@ def default_image(gpu=False):
 
 def build_image(gpu=False, archs=None, force=False, log=sys.stderr):
     """Build (or reuse) the image; returns its DockerEngine. ``archs``: the GPU image's compute
-    capabilities (default GPU_ARCHS; CI builds CI_ARCHS)."""
+    capabilities (default GPU_ARCHS; .ci/run builds one)."""
     host = docker_host()
     image = default_image(gpu)
-    ctx = image_context(gpu)
+    ctx = image_context()
     want = image_hash(gpu, archs, ctx)
     if image_label(host, image) == want and not force:
         return DockerEngine(image, host, gpu)
+    os.makedirs(cache_root(), exist_ok=True)
+    with open(os.path.join(cache_root(), ".image-build.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; a build that waited may find it made
+        if image_label(host, image) != want or force:
+            _build(host, image, gpu, archs, ctx, want, log)
+    return DockerEngine(image, host, gpu)
+
+
+def _build(host, image, gpu, archs, ctx, want, log):
     ensure_base(host, log)
     start = time.time()
     print("[engine] docker build %s (recipe %s%s)" % (image, want, ", sm " + build_args(gpu, archs)["CUDA_ARCH_BIN"]
@@ -237,14 +250,17 @@ def build_image(gpu=False, archs=None, force=False, log=sys.stderr):
         proc = subprocess.Popen(docker_argv(host) + argv + [tmp], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 universal_newlines=True, errors="replace")
         last = []
-        for line in proc.stdout:
-            last = (last + [line.rstrip("\n")])[-40:]
-            if line.startswith(("[engine]", "STEP", "Step")):
-                print(line.rstrip("\n"), file=log, flush=True)
+        log_path = os.path.join(cache_root(), "image-build.log")
+        with open(log_path, "w") as log_file:
+            for line in proc.stdout:
+                log_file.write(line)
+                last = (last + [line.rstrip("\n")])[-5:]
+                if line.startswith(("[engine]", "STEP", "Step")):
+                    print(line.rstrip("\n"), file=log, flush=True)
         if proc.wait() != 0:
-            raise CaeError("docker build of %s failed (exit %d): %s" % (image, proc.returncode, " | ".join(last[-5:])))
+            raise CaeError("docker build of %s failed (exit %d): %s; full log: %s"
+                           % (image, proc.returncode, " | ".join(last), log_path))
     print("[engine] image %s ready in %.0f s" % (image, time.time() - start), file=log, flush=True)
-    return DockerEngine(image, host, gpu)
 
 
 class DockerEngine(Engine):

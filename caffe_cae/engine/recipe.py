@@ -17,9 +17,8 @@ PREFIX = "/opt/caffe"
 CAFFE_PYTHON_DIR = PREFIX + "/lib/python3/dist-packages"
 RECIPE_IN_ROOTFS = "/opt/caffe-cae/recipe"
 #: Compute capabilities of a GPU engine: all that Debian bullseye's CUDA 11.2 compiles for since
-#: Pascal; the PTX of the last is compiled at load by newer GPUs (Hopper). CI builds CI_ARCHS.
+#: Pascal; the PTX of the last is compiled at load by newer GPUs (Hopper).
 GPU_ARCHS = "60 61 70 75 80 86"
-CI_ARCHS = "86"
 GPU_ONLY_FILES = ("docker/cuda-toolkit.sh",)
 
 
