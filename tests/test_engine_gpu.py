@@ -126,12 +126,12 @@ def fake_driver(tmp_path):
     (dev / "nvidia-caps").mkdir(parents=True)
     for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset",
                  "nvidia-caps/nvidia-cap1", "null", "nvme0", "nvidia-something-else"):
-        (dev / name).write_text(name)
+        (dev / name).write_text(name + "\n")
     lib = tmp_path / "lib"
     (lib / "i386").mkdir(parents=True)
     for name in ("libnvidia-ml.so.1", "i386/libnvidia-ml.so.1", "libnvidia-ptxjitcompiler.so.1",
                  "libcudart.so.11.0", "libcuda.so.1.550"):
-        (lib / name).write_text(name)
+        (lib / name).write_text(name + "\n")
     (lib / "libcuda.so.1").symlink_to("libcuda.so.1.550")
     (lib / "libcuda.so").symlink_to("libcuda.so.1")
     return str(dev), str(lib), LISTING.format(lib=lib)
@@ -170,7 +170,7 @@ def test_gpu_rootfs_engine_binds_the_driver_for_real(tmp_path):
     proc = with_gpu.run(["sh", "-c", script], cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                         universal_newlines=True)
     lines = proc.stdout.split()
-    assert lines[:4] == ["nvidia0", "nvidiactl", "nvidia-cap1", "0"], proc.stdout
+    assert lines[:4] == ["nvidia0", "nvidiactl", "nvidia-caps/nvidia-cap1", "0"], proc.stdout
     assert lines[4:-2] == ["libcuda.so", "libcuda.so.1", "libnvidia-ml.so.1", "libnvidia-ptxjitcompiler.so.1"]
     assert lines[-2:] == ["libcuda.so.1.550", gpu.LIB_DIR]
     # without a driver (this host, unless it has one) a GPU engine binds nothing, a CPU engine never
