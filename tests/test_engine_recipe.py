@@ -312,7 +312,8 @@ def test_docker_context_is_the_recipe_and_the_harness():
     for line in read(os.path.join(REPO_ROOT, "docker", "Dockerfile")).splitlines():
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:
-                assert any(k.startswith(src) for k in ctx), src
+                # wheels/: pip download's, added when the image is built (tests/test_docker.py)
+                assert src == "wheels/" or any(k.startswith(src) for k in ctx), src
     assert sorted(k for k in ctx if k.startswith("recipe/")) == sorted(
         "recipe/" + engine.recipe.recipe_in_engine(rel) for rel in engine.recipe_files(gpu=True))
     for rel in ("setup.cfg", "caffe_cae/engine/docker.py", "templates/modern.prototxt.j2", "docker/Dockerfile"):

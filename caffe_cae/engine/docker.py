@@ -13,6 +13,7 @@ under harness/), and is the image's label LABEL; an image whose label matches is
 a rebuild after a harness change reuses the engine layer from Docker's layer cache. The base
 ``debian:bullseye`` is pulled, or made locally where no registry answers (debootstrap, as root).
 """
+import configparser
 import fcntl
 import glob
 import os
@@ -44,6 +45,10 @@ netns = "host"
 [engine]
 runtime = "runc"
 """
+#: The image's Python (Debian bullseye's) and what pip download, which evaluates environment markers
+#: with the host's Python, would leave out for it: matplotlib's backports for Python < 3.10.
+IMAGE_PYTHON = "3.9"
+PY39_BACKPORTS = ("importlib-resources>=3.2.0", "zipp>=3.1.0")
 #: The harness in the build context (under harness/): what `pip install` of the checkout reads.
 HARNESS_FILES = ("setup.cfg", "pyproject.toml")  # README.md: only the long description
 HARNESS_DIRS = ("caffe_cae", "templates", "docker")
@@ -85,6 +90,31 @@ def image_context():
     for name in HARNESS_DIRS:
         ctx.update({"harness/" + k: v for k, v in _walk(REPO_ROOT, name).items()})
     return ctx
+
+
+def harness_requirements():
+    """The harness's dependencies (setup.cfg's install_requires), the build tools of an editable
+    install, and the backports the image's Python needs."""
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(REPO_ROOT, "setup.cfg"))
+    reqs = [r.strip() for r in cfg["options"]["install_requires"].splitlines() if r.strip()]
+    return reqs + ["pip>=23", "setuptools>=61", "wheel"] + list(PY39_BACKPORTS)
+
+
+def download_wheels(dest):
+    """pip download (this host's pip configuration) of the harness's wheels for the image's Python."""
+    machine = os.uname().machine
+    argv = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--python-version", IMAGE_PYTHON,
+            "--implementation", "cp", "--abi", "cp" + IMAGE_PYTHON.replace(".", ""), "--abi", "abi3", "--abi", "none",
+            "--platform", "any", "-d", dest]
+    for tag in ("manylinux2014", "manylinux_2_17", "manylinux_2_28", "manylinux2010", "manylinux_2_12"):
+        argv += ["--platform", "%s_%s" % (tag, machine)]
+    # the host's pins (PIP_CONSTRAINT, pip.conf) are for its own Python, not the image's
+    proc = subprocess.run(argv + harness_requirements(), env=dict(os.environ, PIP_CONSTRAINT=""),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    if proc.returncode != 0:
+        raise CaeError("pip download of the image's Python packages failed: %s"
+                       % (proc.stdout.strip().splitlines() or ["no output"])[-1])
 
 
 def build_args(gpu=False, archs=None):
@@ -242,6 +272,8 @@ def _build(host, image, gpu, archs, ctx, want, log):
                                                         if gpu else ""), file=log, flush=True)
     with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
         _write_context(ctx, tmp)
+        print("[engine] pip download of the harness's packages for Python %s" % IMAGE_PYTHON, file=log, flush=True)
+        download_wheels(os.path.join(tmp, "wheels"))
         argv = ["build", "--label", "%s=%s" % (LABEL, want), "-t", image]
         if gpu:
             argv += ["--label", "%s=%s" % (ARCHS_LABEL, build_args(gpu, archs)["CUDA_ARCH_BIN"])]
