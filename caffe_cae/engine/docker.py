@@ -185,6 +185,15 @@ def docker_argv(host):
     return ["env"] + (["DOCKER_HOST=" + host] if host else []) + ["DOCKER_BUILDKIT=0", "docker"]
 
 
+def run_argv(host):
+    """The start of every container run: ``docker run``, or for caffe-cae's podman service ``podman run``
+    on the same images (podman 4.3's Docker API reports exit status 0 for every ``run --rm``)."""
+    if host == "unix://" + podman_socket():
+        return ["env", "CONTAINERS_CONF=" + os.path.join(os.path.dirname(podman_socket()), "containers.conf"),
+                "podman", "run"]
+    return docker_argv(host) + ["run"]
+
+
 def docker(host, *args, **kwargs):
     return subprocess.run(docker_argv(host) + list(args), **kwargs)
 
@@ -308,8 +317,9 @@ class DockerEngine(Engine):
 
     def command(self, argv, cwd=None, env=None):
         cwd = os.path.abspath(cwd or os.getcwd())
-        cmd = docker_argv(self.host) + ["run", "--rm", "-i", "-u", "%d:%d" % (os.getuid(), os.getgid()),
-                                        "-v", "/tmp:/tmp"]
+        # --init: the command is not PID 1, which ignores signals it has no handler for (Caffe's abort)
+        cmd = run_argv(self.host) + ["--rm", "--init", "-i", "-u", "%d:%d" % (os.getuid(), os.getgid()),
+                                     "-v", "/tmp:/tmp"]
         cmd += ["--gpus", "all"] if self.gpu and host_has_gpu() else []
         for p in visible_paths(cwd):
             cmd += ["-v", "%s:%s" % (p, p)]
