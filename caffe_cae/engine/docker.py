@@ -4,8 +4,11 @@ run by the ``docker`` CLI.
 The Docker API is a running Docker daemon's when ``docker info`` answers; otherwise, where podman
 is installed, a podman service this module starts on demand (``podman system service``, socket
 ``$CAFFE_CAE_CACHE/podman/docker.sock``, runtime runc, host network, no default ulimits: see
-CONTAINERS_CONF) and that keeps serving for later commands. Every command carries its own
-``DOCKER_HOST`` (argv starts with ``env``), so callers need not set anything.
+CONTAINERS_CONF) and that keeps serving for later commands; the docker CLI builds and inspects
+images through it, and containers are run with ``podman run`` on the same images (run_argv).
+Every command carries its own environment (argv starts with ``env``), so callers set nothing.
+Containers run with ``--init``; the harness's wheels for the image are downloaded on the host
+(``pip download``, the host's index and certificates) into the build context.
 
 Images are cached by recipe hash, as the rootfs engine is: the hash covers docker/Dockerfile, the
 build arguments and every file of the build context (the engine recipe under recipe/, the harness
@@ -25,8 +28,8 @@ import time
 
 from .. import PACKAGE_DIR, REPO_ROOT
 from ..errors import CaeError
-from .gpu import host_has_gpu
 from .base import Engine, engine_pythonpath, inside_env, package_bind, visible_paths
+from .gpu import host_has_gpu
 from .recipe import (CAFFE_PYTHON_DIR, GPU_ARCHS, SUITE, VARIANT, cache_root, debian_mirror, digest,
                      recipe_contents, recipe_in_engine)
 
