@@ -138,7 +138,7 @@ def _harness_run(be, work, mode, results, stream):
 def _analyze_hook(results, stream):
     """``caffe_cae.analyze.benchmark()`` (10000 x 30 synthetic code) when it exists."""
     try:
-        from . import analyze
+        from .analysis import benchmark as analyze
     except ImportError:
         return
     hook = getattr(analyze, "benchmark", None)

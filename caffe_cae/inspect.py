@@ -13,22 +13,25 @@
   the Table 3 term, e.g. ``(5*5w+1b)*26i*36o``;
 * ``compression``: Section 5.1. The code is the smallest top of a weighted layer; a switch
   model's MAX pooling masks that feed Unpooling layers cost floor(log2(positions)) bits each
-  (the paper's "at least"), e.g. Model 3 at D=2: 8 + 4212 + 432 = 4652 bytes.
+  (the paper's "at least"), e.g. Model 3 at D=2: 8 + 4212 + 432 = 4652 bytes. ``compression``
+  (the function) is the one rule: ``caffe-cae analyze`` takes its figure from it.
 
 Limits: HDF5Data tops are taken to be MNIST (``data`` N x 1 x 28 x 28, ``pair_data`` N x 2
 x 28 x 28, anything else N), since their shapes live in the data files; train_test nets
-are inspected in their TRAIN phase. Layer types outside the table in ``_shape`` raise
-CaeError.
+are inspected in their TRAIN phase (``caffe_rules.active_layers``). Layer types outside the
+table in ``_shape`` raise CaeError.
 """
 import math
 
+from . import caffe_rules
 from .errors import CaeError
-from .proto import caffe_cae_pb2 as pb
 from .schema import parse_net, syntax_of
 from .upgrade import upgrade
 
 #: MNIST's training set, 60000 x 784: the paper's |Data| for the Data/(w+b) ratio.
 DATA_ELEMENTS = 60000 * 784
+#: one MNIST image, 784 bytes: Section 5.1's reference size
+IMAGE_BYTES = 784
 
 _WEIGHTED = ("Convolution", "Deconvolution", "InnerProduct")
 _HIDDEN = _WEIGHTED + ("Pooling", "Unpooling")
@@ -38,44 +41,6 @@ def _count(dims):
     return int(math.prod(dims))
 
 
-def _pair(param, name, default=None):
-    """Caffe's kernel/stride/pad rules: *_h/*_w, else the (repeated) field, else default."""
-    h_field, w_field = name + "_h", name + "_w"
-    if name == "kernel":
-        field = "kernel_size"
-    else:
-        field = name
-    if param.HasField(h_field) or param.HasField(w_field):
-        return getattr(param, h_field), getattr(param, w_field)
-    value = getattr(param, field)
-    if isinstance(value, int):  # optional scalar (Pooling, Unpooling)
-        if not param.HasField(field):
-            if default is None:
-                return None
-            return default, default
-        return value, value
-    values = list(value)
-    if not values:
-        if default is None:
-            return None
-        return default, default
-    return (values[0], values[1]) if len(values) > 1 else (values[0], values[0])
-
-
-def _select(net):
-    """The layers of the TRAIN phase (or of the net, when it has no phase rules)."""
-    layers = [layer for layer in net.layer if _train_active(layer)]
-    return layers
-
-
-def _train_active(layer):
-    if len(layer.include):
-        return any(not rule.HasField("phase") or rule.phase == pb.TRAIN for rule in layer.include)
-    if len(layer.exclude):
-        return not any(not rule.HasField("phase") or rule.phase == pb.TRAIN for rule in layer.exclude)
-    return True
-
-
 class _Net:
     def __init__(self, where, legacy):
         self.where = where
@@ -83,7 +48,10 @@ class _Net:
         self.shapes = {}
 
     def fail(self, layer, message):
-        raise CaeError(f"{self.where}: layer {layer.name!r}: {message}")
+        raise CaeError(f"{self.at(layer)}: {message}")
+
+    def at(self, layer):
+        return f"{self.where}: layer {layer.name!r}"
 
     def get(self, layer, blob):
         if blob not in self.shapes:
@@ -112,12 +80,7 @@ def _shape(net, layer, batch):
     if t in ("Convolution", "Deconvolution"):
         p = layer.convolution_param
         (n, c, h, w) = _four(net, layer, bottoms[0])
-        kernel = _pair(p, "kernel")
-        if kernel is None:
-            net.fail(layer, "convolution_param needs kernel_size")
-        kh, kw = kernel
-        sh, sw = _pair(p, "stride", 1)
-        ph, pw = _pair(p, "pad", 0)
+        (kh, kw), (sh, sw), (ph, pw) = caffe_rules.window(p, where=net.at(layer))
         group = p.group or 1
         out_c = p.num_output
         if out_c < 1:
@@ -125,9 +88,9 @@ def _shape(net, layer, batch):
         if t == "Convolution":
             if h + 2 * ph < kh or w + 2 * pw < kw:
                 net.fail(layer, f"kernel {kh}x{kw} is larger than its {h}x{w} input")
-            oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+            oh, ow = caffe_rules.conv_out(h, kh, sh, ph), caffe_rules.conv_out(w, kw, sw, pw)
         else:
-            oh, ow = sh * (h - 1) + kh - 2 * ph, sw * (w - 1) + kw - 2 * pw
+            oh, ow = caffe_rules.deconv_out(h, kh, sh, ph), caffe_rules.deconv_out(w, kw, sw, pw)
             if oh < 1 or ow < 1:
                 net.fail(layer, f"padding {ph}x{pw} leaves no output for kernel {kh}x{kw}")
         weights = kh * kw * (c // group) * out_c
@@ -150,42 +113,20 @@ def _shape(net, layer, batch):
     if t == "Pooling":
         p = layer.pooling_param
         (n, c, h, w) = _four(net, layer, bottoms[0])
-        if p.global_pooling:
-            kh, kw = h, w
-        else:
-            kernel = _pair(p, "kernel")
-            if kernel is None:
-                net.fail(layer, "pooling_param needs kernel_size")
-            kh, kw = kernel
-        sh, sw = _pair(p, "stride", 1)
-        ph, pw = _pair(p, "pad", 0)
+        kernel, (sh, sw), (ph, pw) = caffe_rules.window(p, p.global_pooling, net.at(layer))
+        kh, kw = kernel or (h, w)
         if h + 2 * ph < kh or w + 2 * pw < kw:
             net.fail(layer, f"kernel {kh}x{kw} is larger than its {h}x{w} input")
-        oh = int(math.ceil((h + 2 * ph - kh) / sh)) + 1
-        ow = int(math.ceil((w + 2 * pw - kw) / sw)) + 1
-        if ph and (oh - 1) * sh >= h + ph:
-            oh -= 1
-        if pw and (ow - 1) * sw >= w + pw:
-            ow -= 1
+        oh, ow = caffe_rules.pool_out(h, kh, sh, ph), caffe_rules.pool_out(w, kw, sw, pw)
         return [[n, c, oh, ow] for _ in layer.top], none
     if t == "Unpooling":
         p = layer.unpooling_param
         (n, c, h, w) = _four(net, layer, bottoms[0])
-        kernel = _pair(p, "kernel")
-        if kernel is None:
-            net.fail(layer, "unpooling_param needs kernel_size")
-        kh, kw = kernel
-        sh, sw = _pair(p, "stride", 1)
-        ph, pw = _pair(p, "pad", 0)
+        (kh, kw), (sh, sw), (ph, pw) = caffe_rules.window(p, where=net.at(layer))
         if ph or pw:
             net.fail(layer, "unpooling pad other than 0 is not supported")
-        if p.HasField("unpool_h") or p.HasField("unpool_w"):
-            oh, ow = p.unpool_h, p.unpool_w
-        elif p.HasField("unpool_size"):
-            oh = ow = p.unpool_size
-        else:
-            oh = max((h - 1) * sh + kh - 2 * ph, h * sh - ph + 1)
-            ow = max((w - 1) * sw + kw - 2 * pw, w * sw - pw + 1)
+        explicit = caffe_rules.unpool_explicit(p)
+        oh, ow = explicit or (caffe_rules.unpool_out(h, kh, sh), caffe_rules.unpool_out(w, kw, sw))
         if (h - 1) * sh + 1 > oh or (w - 1) * sw + 1 > ow:
             net.fail(layer, f"unpooled size {oh}x{ow} is too small for a {h}x{w} input with stride {sh}")
         if len(bottoms) > 1 and bottoms[1] != bottoms[0]:
@@ -283,18 +224,14 @@ def analyse(net, where="<net>", batch=100):
     legacy = syntax_of(net) == "legacy"
     # Legacy shapes as the V1 era had them: upgraded without the Reshape fix, and
     # fully-connected outputs kept 4-D (see _shape).
-    modern = upgrade(net, reshape_fix=False) if legacy else net
+    modern = upgrade(net, reshape_fix=False) if legacy else caffe_rules.with_input_layer(net)
     state = _Net(where, legacy)
-    if len(net.input) and not legacy:
-        for i, name in enumerate(net.input):
-            state.shapes[name] = list(net.input_shape[i].dim) if len(net.input_shape) else \
-                list(net.input_dim[4 * i:4 * i + 4])
     layers_out = []
     params = unique = 0
     shared = set()
     producers = {}
     image_counts = set()
-    for layer in _select(modern):
+    for layer in caffe_rules.active_layers(modern, "train"):
         tops, (weights, biases, term) = _shape(state, layer, batch)
         for name, dims in zip(layer.top, tops):
             state.shapes[name] = dims
@@ -342,21 +279,35 @@ def _compression(state, producers, net, image_counts):
     if not weighted:
         return None
     code_blob, code_dim = min(weighted, key=lambda item: item[1])
-    image_bytes = min(image_counts) if image_counts else 784
     unpool_masks = {layer.bottom[1] for layer in net.layer if layer.type == "Unpooling" and len(layer.bottom) > 1}
     switches = {}
     for name, layer in producers.items():
         if layer.type == "Pooling" and len(layer.top) > 1 and layer.top[1] == name and name in unpool_masks:
             bottom = state.shapes[layer.bottom[0]]
-            positions = bottom[2] * bottom[3]
-            count = _count(state.shapes[name][1:])
-            bits = int(math.floor(math.log2(positions)))
-            switches[name] = {"count": count, "positions": positions, "bits": bits, "bytes": count * bits / 8}
-    code_bytes = 4 * code_dim
+            switches[name] = {"count": _count(state.shapes[name][1:]), "positions": bottom[2] * bottom[3]}
+    out = {"code_blob": code_blob, "code_dim": code_dim}
+    out.update(compression(code_dim, switches, min(image_counts) if image_counts else IMAGE_BYTES))
+    return out
+
+
+def switch_bits(positions):
+    """Bits per switch as the paper counts them ("at least"): floor(log2(positions in the pooled map))."""
+    return int(math.floor(math.log2(positions)))
+
+
+def compression(code_dim, switches=None, image_bytes=IMAGE_BYTES):
+    """Section 5.1 for a code of ``code_dim`` floats plus pooling ``switches`` ({mask: {"count",
+    "positions"}}, bits from ``switch_bits``): image, code, switch and total bytes and the
+    ratio in % (1 - total / image bytes, two decimals)."""
+    code_bytes = 4 * int(code_dim)
+    switches = {name: {"count": int(s["count"]), "bits": switch_bits(s["positions"]),
+                       "positions": int(s["positions"])} for name, s in (switches or {}).items()}
+    for s in switches.values():
+        s["bytes"] = s["count"] * s["bits"] / 8.0
     total = code_bytes + sum(s["bytes"] for s in switches.values())
-    return {"code_blob": code_blob, "code_dim": code_dim, "code_bytes": code_bytes, "switches": switches,
-            "total_bytes": total, "image_bytes": image_bytes,
-            "ratio_percent": round(100.0 * (1 - total / image_bytes), 1)}
+    return {"image_bytes": image_bytes, "code_bytes": code_bytes, "switches": switches,
+            "switch_bytes": total - code_bytes, "total_bytes": total,
+            "ratio_percent": round(100.0 * (1.0 - total / image_bytes), 2)}
 
 
 def inspect_net(source, batch=100):

@@ -243,7 +243,8 @@ def reference(results_dir, transfers=("tansig", "logsig"), mnist_dir=None, jobs=
     """The raw-pixel row (784-88-10 patternnet on the 10000 MNIST test images, 10 folds) for
     each hidden transfer function, into ``results/reference.json``; cached and resumable
     per fold (``analyze.raw_pixel_reference``)."""
-    from . import analyze, data
+    from . import data
+    from .analysis import measure as analyze
 
     images, labels = data.read_mnist(mnist_dir)["test"]
     images = np.asarray(images, dtype=np.float32).reshape(len(images), -1) / 255.0

@@ -7,6 +7,7 @@ Reshape to N x C x 1 x 1 wherever a fully-connected output feeds a convolution,
 deconvolution or unpooling layer (fully-connected outputs are 2-D in modern Caffe, 4-D in
 the V1 era). A modern net goes through only the second step.
 """
+from .caffe_rules import input_layer
 from .proto import caffe_cae_pb2 as pb
 
 #: V1 enum name -> modern type string (Caffe's UpgradeV1LayerType, plus Noh's UNPOOLING).
@@ -61,21 +62,6 @@ def upgrade_layer(v1):
     return layer
 
 
-def _upgrade_inputs(net, out):
-    if not len(net.input):
-        return
-    layer = out.layer.add()
-    layer.name = "input"
-    layer.type = "Input"
-    for i, name in enumerate(net.input):
-        layer.top.append(name)
-        shape = layer.input_param.shape.add()
-        if len(net.input_shape):
-            shape.CopyFrom(net.input_shape[i])
-        else:
-            shape.dim.extend(net.input_dim[4 * i:4 * i + 4])
-
-
 def add_reshape_fix(net):
     """Insert the paper's Reshape wherever an InnerProduct output feeds a spatial layer."""
     producer = {}
@@ -128,7 +114,9 @@ def upgrade(net, reshape_fix=True):
         del out.input[:]
         del out.input_dim[:]
         del out.input_shape[:]
-        _upgrade_inputs(net, out)
+        inputs = input_layer(net)
+        if inputs is not None:
+            out.layer.add().CopyFrom(inputs)
         for layer in net.layer:
             out.layer.add().CopyFrom(layer)
         for v1 in net.layers:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from caffe_cae import REPO_ROOT
-from caffe_cae import analyze as lib
 from caffe_cae import paper
+from caffe_cae.analysis import analyze_run as run_lib
+from caffe_cae.analysis import benchmark, figures, measure, netdraw, readers
 from caffe_cae.errors import CaeError
 from caffe_cae.schema import parse_net
 
@@ -31,16 +32,16 @@ def generated(syntax, net, dim, kind="train_test"):
 def test_per_class_error_is_mean_of_one_minus_recall():
     labels = [0, 0, 0, 0, 1, 1, 2, 2]
     predicted = [0, 0, 0, 1, 1, 1, 0, 1]    # recalls 3/4, 1, 0
-    error, per_class, confusion = lib.per_class_error(labels, predicted)
+    error, per_class, confusion = measure.per_class_error(labels, predicted)
     assert per_class == {0: 25.0, 1: 0.0, 2: 100.0}
     assert error == pytest.approx(125.0 / 3)
     assert confusion == [[3, 1, 0], [0, 2, 0], [1, 1, 0]]
 
 
 def test_separated_clusters_give_near_zero_error():
-    code, labels = lib.synthetic_codes(2000, 10, seed=3, spread=1.0, separation=10.0)
-    linear = lib.classify_cv(code, labels, "linear")
-    mlp = lib.classify_cv(code, labels, "lbfgs", jobs=2)
+    code, labels = benchmark.synthetic_codes(2000, 10, seed=3, spread=1.0, separation=10.0)
+    linear = measure.classify_cv(code, labels, "linear")
+    mlp = measure.classify_cv(code, labels, "lbfgs", jobs=2)
     assert linear["error"] < 0.5 and mlp["error"] < 0.5
     assert mlp["hidden"] == 42
     assert set(linear["per_class"]) == {str(d) for d in range(10)}
@@ -51,8 +52,8 @@ def test_random_code_gives_about_ninety_percent():
     rng = np.random.default_rng(7)
     code = rng.normal(size=(2000, 2)).astype(np.float32)
     labels = rng.permutation(np.arange(2000) % 10)
-    assert 85.0 < lib.linear_error(code, labels) < 95.0
-    assert 84.0 < lib.mlp_error(code, labels, classifier="lbfgs", jobs=2) < 96.0
+    assert 85.0 < measure.linear_error(code, labels) < 95.0
+    assert 84.0 < measure.mlp_error(code, labels, classifier="lbfgs", jobs=2) < 96.0
 
 
 def test_overlapping_clusters_are_between_and_mlp_beats_linear_on_nonlinear_classes():
@@ -63,23 +64,23 @@ def test_overlapping_clusters_are_between_and_mlp_beats_linear_on_nonlinear_clas
     angle = rng.uniform(0, 2 * np.pi, n)
     radius = np.where(labels == 0, 1.0, 3.0) + rng.normal(scale=0.2, size=n)
     code = np.column_stack([radius * np.cos(angle), radius * np.sin(angle)])
-    linear = lib.linear_error(code, labels)
+    linear = measure.linear_error(code, labels)
     assert linear > 30.0
-    assert lib.mlp_error(code, labels, classifier="lbfgs") < 2.0
-    assert lib.mlp_error(code, labels, mlp={"epochs": 300}) < 2.0
+    assert measure.mlp_error(code, labels, classifier="lbfgs") < 2.0
+    assert measure.mlp_error(code, labels, mlp={"epochs": 300}) < 2.0
 
 
 def test_mlp_sizes_follow_the_paper():
-    assert [lib.mlp_hidden_size(d) for d in (2, 10, 30, 784)] == [14, 42, 66, 88]
-    assert lib.mlp_hidden_size(20) == paper.mlp_hidden(20)
-    h = lib.mlp_hidden_size(20)
+    assert [measure.mlp_hidden_size(d) for d in (2, 10, 30, 784)] == [14, 42, 66, 88]
+    assert measure.mlp_hidden_size(20) == paper.mlp_hidden(20)
+    h = measure.mlp_hidden_size(20)
     assert abs(9000 * 20 / ((20 + 1) * h + (h + 1) * 10) - 100) < 3  # |Data/(w+b)| about 100
 
 
 def test_too_few_samples_per_class_is_a_clear_error():
-    code, labels = lib.synthetic_codes(50, 2)
+    code, labels = benchmark.synthetic_codes(50, 2)
     with pytest.raises(CaeError, match="class .* has 5 samples; 10-fold"):
-        lib.linear_error(code, labels)
+        measure.linear_error(code, labels)
 
 
 def test_raw_pixel_reference_is_computed_once_then_cached(tmp_path):
@@ -88,17 +89,18 @@ def test_raw_pixel_reference_is_computed_once_then_cached(tmp_path):
     images = np.clip(rng.normal(scale=0.1, size=(60, 784)) + (labels[:, None] == np.arange(784) % 3), 0, 1)
     cache = str(tmp_path / "ref.json")
     short = {"epochs": 100}
-    assert lib.raw_pixel_reference(images, labels, cache=cache, folds=3, compute=False, mlp=short) is None
-    first = lib.raw_pixel_reference(images, labels, cache=cache, folds=3, mlp=short)
+    assert measure.raw_pixel_reference(images, labels, cache=cache, folds=3, compute=False, mlp=short) is None
+    first = measure.raw_pixel_reference(images, labels, cache=cache, folds=3, mlp=short)
     assert first["cached"] is False and first["size"] == "784-88-10" and first["error"] < 5.0
     assert first["classifier"]["name"] == "patternnet" and len(first["folds"]) == 3
-    second = lib.raw_pixel_reference(images, labels, cache=cache, folds=3, compute=False, mlp=short)
+    second = measure.raw_pixel_reference(images, labels, cache=cache, folds=3, compute=False, mlp=short)
     assert second["cached"] is True and second["error"] == first["error"]
-    assert lib.raw_pixel_reference(images[::-1], labels[::-1], cache=cache, folds=3, compute=False, mlp=short) is None
+    assert measure.raw_pixel_reference(images[::-1], labels[::-1], cache=cache, folds=3, compute=False,
+                                       mlp=short) is None
     # another activation or classifier is another row
-    assert lib.raw_pixel_reference(images, labels, cache=cache, folds=3, compute=False,
+    assert measure.raw_pixel_reference(images, labels, cache=cache, folds=3, compute=False,
                                    mlp=dict(short, hidden_transfer="logsig")) is None
-    assert lib.raw_pixel_reference(images, labels, cache=cache, folds=3, compute=False, classifier="lbfgs") is None
+    assert measure.raw_pixel_reference(images, labels, cache=cache, folds=3, compute=False, classifier="lbfgs") is None
 
 
 # ------------------------------------------------------------------ sparsity, compression
@@ -106,20 +108,20 @@ def test_raw_pixel_reference_is_computed_once_then_cached(tmp_path):
 def test_sparsity_counts_magnitudes_at_most_a_share_of_the_largest():
     code = np.array([[-1.0, 0.0, 1.0, 2.0], [3.0, 4.0, 5.0, 10.0]])
     # eq. (2): |c| <= 1, 2, 3 (10/20/30 % of the largest element, 10)
-    assert lib.sparsity(code) == {"10": 37.5, "20": 50.0, "30": 62.5}
-    assert lib.sparsity(np.ones((3, 2))) == {"10": 0.0, "20": 0.0, "30": 0.0}
+    assert measure.sparsity(code) == {"10": 37.5, "20": 50.0, "30": 62.5}
+    assert measure.sparsity(np.ones((3, 2))) == {"10": 0.0, "20": 0.0, "30": 0.0}
     signed = np.array([-20.0, -2.0, 1.0, 10.0])
-    assert lib.sparsity(signed) == {"10": 25.0, "20": 50.0, "30": 50.0}          # base: max c = 10
-    assert lib.sparsity(signed, base="absmax") == {"10": 50.0, "20": 50.0, "30": 50.0}   # base: max |c| = 20
-    assert lib.sparsity_readings(signed) == {"signed_below_max": 75.0, "abs_le_max": 50.0, "abs_le_absmax": 50.0}
+    assert measure.sparsity(signed) == {"10": 25.0, "20": 50.0, "30": 50.0}          # base: max c = 10
+    assert measure.sparsity(signed, base="absmax") == {"10": 50.0, "20": 50.0, "30": 50.0}   # base: max |c| = 20
+    assert measure.sparsity_readings(signed) == {"signed_below_max": 75.0, "abs_le_max": 50.0, "abs_le_absmax": 50.0}
     with pytest.raises(CaeError, match="--sparsity-base: expected one of max, absmax"):
-        lib.sparsity(signed, base="mean")
+        measure.sparsity(signed, base="mean")
 
 
 def test_compression_of_codes_is_the_papers():
     expected = paper.load()["compression"]["others_ratio_percent"]
     for dim in (2, 10, 30):
-        out = lib.compression(dim)
+        out = measure.compression(dim)
         assert out["total_bytes"] == 4 * dim and out["image_bytes"] == 784
         assert round(out["ratio_percent"]) == expected[str(dim)]
 
@@ -129,14 +131,14 @@ def test_model3_switches_from_its_prototxt_give_the_papers_bytes(syntax):
     m3 = paper.load()["compression"]["model3"]
     totals = []
     for dim in (2, 10, 30):
-        switches = lib.net_switches(generated(syntax, "model3", dim))
+        switches = measure.net_switches(generated(syntax, "model3", dim))
         assert sorted((s["count"], s["positions"], s["bits"]) for s in switches.values()) == \
             [(576, 64, 6), (3744, 576, 9)]
-        totals.append(lib.compression(dim, switches)["total_bytes"])
+        totals.append(measure.compression(dim, switches)["total_bytes"])
     assert totals == [4652, 4684, 4764] and [totals[0], totals[-1]] == [m3["min_bytes"], m3["max_bytes"]]
-    assert abs(lib.compression(2, switches)["ratio_percent"] - m3["ratio_percent"]) < 5   # -493 vs printed -490
+    assert abs(measure.compression(2, switches)["ratio_percent"] - m3["ratio_percent"]) < 5   # -493 vs printed -490
     for net in ("model2", "model4", "model5", "deep_ae", "siamese"):
-        assert lib.net_switches(generated(syntax, net, 10)) == {}
+        assert measure.net_switches(generated(syntax, net, 10)) == {}
 
 
 # ------------------------------------------------------------------ figures
@@ -144,12 +146,12 @@ def test_model3_switches_from_its_prototxt_give_the_papers_bytes(syntax):
 @pytest.mark.parametrize("syntax", ["modern", "legacy"])
 def test_net_diagram_has_every_layer_and_renders(tmp_path, syntax):
     path = generated(syntax, "model3", 2)
-    text = lib.net_dot(parse_net(path))
+    text = netdraw.net_dot(parse_net(path))
     for name in ("conv1", "pool1", "unpool1", "ip2encode", "deconv1neursig", "loss"):
         assert name in text
     assert "Unpooling" in text and "pool1_mask" in text
     assert '"B:conv1:1"' in text    # conv1 rewritten in place by sig1en: a second octagon
-    names = lib.draw_net(path, str(tmp_path))
+    names = netdraw.draw_net(path, str(tmp_path))
     assert names == ["net.dot", "net.png", "net.svg"]
     assert (tmp_path / "net.png").read_bytes()[:8] == PNG_MAGIC
     assert "<svg" in (tmp_path / "net.svg").read_text()
@@ -163,7 +165,7 @@ def test_net_diagram_of_every_net_has_each_train_layer_once(net):
         layers = list(parsed.layer) or list(parsed.layers)
         train = [layer for layer in layers if not len(layer.include) or any(r.phase == pb.TRAIN for r in layer.include)]
         assert len(train) < len(layers)             # the TEST-stage data layers are left out
-        text = lib.net_dot(parsed)
+        text = netdraw.net_dot(parsed)
         assert text.count("shape=box") == len(train), syntax
         for layer in train:
             assert 'label="%s\\n' % layer.name in text, (syntax, layer.name)
@@ -171,17 +173,17 @@ def test_net_diagram_of_every_net_has_each_train_layer_once(net):
 
 def test_blob_titles_follow_fig11():
     step = {"blob": "conv1", "layer": "sig1en", "data": np.linspace(0.1, 0.9, 26 * 24 * 24).reshape(1, 26, 24, 24)}
-    assert lib.panel_title(step) == "conv1|sig1en 24x24x26 [0.1..0.9]"
-    assert lib.blob_size((1, 250)) == ("1x1x250", False)
-    assert lib.blob_size((1, 250, 1, 1)) == ("1x1x250", False)   # legacy 4-D fully-connected blob
+    assert figures.panel_title(step) == "conv1|sig1en 24x24x26 [0.1..0.9]"
+    assert figures.blob_size((1, 250)) == ("1x1x250", False)
+    assert figures.blob_size((1, 250, 1, 1)) == ("1x1x250", False)   # legacy 4-D fully-connected blob
 
 
 def test_filters_of_a_fully_connected_first_layer(tmp_path):
     weights = np.random.default_rng(0).normal(size=(1000, 784))
-    names = lib.save_figure(lib.fig_filters("encode1", weights, "deep_ae"), str(tmp_path), "filters")
+    names = figures.save_figure(figures.fig_filters("encode1", weights, "deep_ae"), str(tmp_path), "filters")
     assert (tmp_path / names[0]).stat().st_size > 1000
     with pytest.raises(CaeError, match="params/ip/0"):
-        lib.fig_filters("ip", np.zeros((3, 5)), "x")
+        figures.fig_filters("ip", np.zeros((3, 5)), "x")
 
 
 # ------------------------------------------------------------------ a synthetic run through the CLI
@@ -198,7 +200,7 @@ def make_run(root, n=300, dim=10, net="model3", log=True):
     rng = np.random.default_rng(0)
     run = os.path.join(root, "run")
     os.makedirs(run)
-    code, labels = lib.synthetic_codes(n, dim, seed=1, separation=10.0)
+    code, labels = benchmark.synthetic_codes(n, dim, seed=1, separation=10.0)
     images = rng.random((n, 1, 28, 28), dtype=np.float32)
     test_h5 = os.path.join(root, "test.h5")
     with h5py.File(test_h5, "w") as f:
@@ -269,7 +271,7 @@ def test_analysis_of_a_run_without_log_or_reconstructions(tmp_path):
     run, _ = make_run(str(tmp_path), n=200, dim=2, net="model4", log=False)
     with h5py.File(os.path.join(run, "codes.h5"), "a") as f:
         del f["reconstruction"]
-    out = lib.analyze_run(run, folds=5, diagram=False, reference_cache=None, mlp={"epochs": 50})
+    out = run_lib.analyze_run(run, folds=5, diagram=False, reference_cache=None, mlp={"epochs": 50})
     assert out["code_map"]["method"] == "code" and out["compression"]["total_bytes"] == 8
     assert set(out["figures_skipped"]) == {"reconstructions", "learning_curves", "net"}
     assert "figures/code_map.png" in out["figures"] and "figures/net.png" not in out["figures"]
@@ -336,7 +338,7 @@ def test_real_short_run_is_analysed(tmp_path):
     assert 0 <= out["linear_error"] <= 100 and 0 <= out["mlp_error"] <= 100
     assert out["compression"]["total_bytes"] == 4652 and out["figures_skipped"] == {}
     assert len(out["figures"]) == 2 * len(FIGURES)
-    steps, params, _, _ = lib.read_blobs(os.path.join(run, "blobs_digit5.h5"))
+    steps, params, _, _ = readers.read_blobs(os.path.join(run, "blobs_digit5.h5"))
     assert [s["blob"] for s in steps][:3] == ["data", "conv1", "conv1"] and "conv1" in params
     for rel in out["figures"]:
         assert os.path.getsize(os.path.join(run, rel)) > 2000, rel
@@ -344,16 +346,29 @@ def test_real_short_run_is_analysed(tmp_path):
 
 def test_benchmark_entry_runs_on_a_small_code():
     """The `caffe-cae bench` entry (timings only; the 10000 x 30 figure is a benchmark, not a test)."""
-    out = lib.benchmark(n=500, dim=2, jobs=1, mlp={"epochs": 50})
+    out = benchmark.benchmark(n=500, dim=2, jobs=1, mlp={"epochs": 50})
     assert out["n"] == 500 and out["dim"] == 2 and out["wall_seconds"] > 0
     assert {"linear", "mlp", "embedding", "figures", "total"} <= set(out["stages"])
     assert out["code"].startswith("PCA-2") and 0 <= out["linear_error"] < 80
 
 
+@pytest.mark.parametrize("dim", [2, 30])
+def test_benchmark_blobs_follow_the_rendered_net(dim):
+    """The benchmark's Fig. 11 blobs take Model 4's shapes at the given D from its deploy net."""
+    from caffe_cae.render import render_files
+    steps, params = benchmark.forward_steps(render_files("model4", dim)["deploy"])
+    assert steps[0] == ("input", "Input", "data", (1, 1, 28, 28))
+    assert ("ip2encode", "InnerProduct", "ip2encode", (1, dim)) in steps
+    assert ("pool2", "Pooling", "pool2", (1, 36, 4, 4)) in steps
+    assert ("unpool1", "Unpooling", "unpool1", (1, 26, 24, 24)) in steps
+    assert steps[-1] == ("deconv1neursig", "Sigmoid", "deconv1neursig", (1, 1, 28, 28)) and len(steps) == 21
+    assert params == {"conv1": (26, 1, 5, 5)}
+
+
 def run_with_train_codes(root):
     """make_run's directory plus codes_train.h5 (400 separable codes), as `extract --split train` writes."""
     run, _ = make_run(root, n=200)
-    code, labels = lib.synthetic_codes(400, 10, seed=5, separation=10.0)
+    code, labels = benchmark.synthetic_codes(400, 10, seed=5, separation=10.0)
     with h5py.File(os.path.join(run, "codes_train.h5"), "w") as f:
         f["code"], f["label"] = code, labels.astype(np.float32)
     return run

@@ -1,12 +1,13 @@
-"""The paper's classifiers as MATLAB ran them (caffe_cae.classify): trainscg's SCG on problems
+"""The paper's classifiers as MATLAB ran them (caffe_cae.analysis.classify): trainscg's SCG on problems
 with known answers, patternnet's gradient, initialisation and best-validation epoch, and
 classify()'s uniform priors and refusal of a singular covariance."""
 import numpy as np
 import pytest
 import torch
 
-from caffe_cae import analyze
-from caffe_cae import classify as lib
+from caffe_cae.analysis import classify as lib
+from caffe_cae.analysis import measure, scg
+from caffe_cae.analysis.benchmark import synthetic_codes
 
 
 def quadratic(n, seed=0, low=1.0, high=10.0):
@@ -28,8 +29,8 @@ def test_scg_reaches_the_minimiser_of_a_quadratic_in_about_n_epochs():
     f, best = quadratic(n)
     errors = {}
     for epochs in (n - 2, n + 1):
-        obj = lib.FunctionObjective(f, torch.zeros(1, n, dtype=torch.float64))
-        out = lib.scg(obj, epochs, goal=-np.inf)
+        obj = scg.FunctionObjective(f, torch.zeros(1, n, dtype=torch.float64))
+        out = scg.scg(obj, epochs, goal=-np.inf)
         assert out["stop"] == ["maximum epoch reached"] and out["epochs"] == [epochs]
         errors[epochs] = float((obj.w - best).abs().max())
     assert errors[n + 1] < 1e-8          # conjugate directions: done after about n steps
@@ -44,20 +45,20 @@ def test_scg_solves_a_batch_of_problems_independently():
         (v1, g1), (v2, g2) = f1(w[:1]), f2(w[1:])
         return torch.cat([v1, v2]), torch.cat([g1, g2])
 
-    obj = lib.FunctionObjective(both, torch.zeros(2, 6, dtype=torch.float64))
-    lib.scg(obj, 20, goal=-np.inf)
+    obj = scg.FunctionObjective(both, torch.zeros(2, 6, dtype=torch.float64))
+    scg.scg(obj, 20, goal=-np.inf)
     assert float((obj.w[0] - best1[0]).abs().max()) < 1e-8 and float((obj.w[1] - best2[0]).abs().max()) < 1e-8
 
 
 def test_scg_stops_at_the_goal_and_at_min_grad():
     f, _ = quadratic(8)
-    out = lib.scg(lib.FunctionObjective(f, torch.zeros(1, 8, dtype=torch.float64)), 100, goal=-0.01)
+    out = scg.scg(scg.FunctionObjective(f, torch.zeros(1, 8, dtype=torch.float64)), 100, goal=-0.01)
     assert out["stop"] == ["performance goal met"] and out["epochs"][0] < 8
-    out = lib.scg(lib.FunctionObjective(f, torch.zeros(1, 8, dtype=torch.float64)), 100, goal=-np.inf, min_grad=1e-3)
+    out = scg.scg(scg.FunctionObjective(f, torch.zeros(1, 8, dtype=torch.float64)), 100, goal=-np.inf, min_grad=1e-3)
     assert out["stop"] == ["minimum gradient reached"] and out["epochs"][0] < 20
 
 
-class Validated(lib.FunctionObjective):
+class Validated(scg.FunctionObjective):
     """Training pulls w to a; validation prefers b: the path passes b's nearest point early."""
 
     def __init__(self, f, w, b):
@@ -71,18 +72,18 @@ class Validated(lib.FunctionObjective):
 def test_scg_returns_the_weights_of_the_best_validation_epoch_not_the_last():
     n = 10
     f, best = quadratic(n)
-    early = lib.FunctionObjective(f, torch.zeros(1, n, dtype=torch.float64))
-    lib.scg(early, 3, goal=-np.inf)
+    early = scg.FunctionObjective(f, torch.zeros(1, n, dtype=torch.float64))
+    scg.scg(early, 3, goal=-np.inf)
     target = early.w.clone()                  # validation prefers the iterate of epoch 3
     obj = Validated(f, torch.zeros(1, n, dtype=torch.float64), target)
-    out = lib.scg(obj, 30, goal=-np.inf)
+    out = scg.scg(obj, 30, goal=-np.inf)
     b = out["best_epoch"][0]
     assert b == 3
     last_val = float(((obj.w - target) ** 2).sum())
     best_val = float(((out["best_w"] - target) ** 2).sum())
     assert best_val < last_val and out["vperf"][0] == pytest.approx(best_val)
     again = Validated(f, torch.zeros(1, n, dtype=torch.float64), target)
-    lib.scg(again, b, goal=-np.inf)           # stopping at the best epoch gives those weights
+    scg.scg(again, b, goal=-np.inf)           # stopping at the best epoch gives those weights
     assert torch.equal(again.w, out["best_w"])
 
 
@@ -157,7 +158,7 @@ def test_patternnet_keeps_its_best_validation_epoch_when_it_overfits():
 
 
 def test_patternnet_is_deterministic_per_fold_whatever_the_grouping():
-    code, labels = analyze.synthetic_codes(600, 3, seed=2, spread=1.0, separation=1.5)
+    code, labels = synthetic_codes(600, 3, seed=2, spread=1.0, separation=1.5)
     folds = [(code[:500], labels[:500], code[500:]), (code[100:], labels[100:], code[:100])]
     together, _ = lib.patternnet_folds(folds, 8, 10, settings={"epochs": 30})
     alone, _ = lib.patternnet_folds(folds[1:], 8, 10, settings={"epochs": 30}, fold_ids=[1])
@@ -165,14 +166,14 @@ def test_patternnet_is_deterministic_per_fold_whatever_the_grouping():
 
 
 def test_separated_clusters_give_near_zero_error_random_codes_about_ninety():
-    code, labels = analyze.synthetic_codes(2000, 10, seed=3, spread=1.0, separation=10.0)
-    out = analyze.classify_cv(code, labels, "patternnet", jobs=2, mlp={"epochs": 100})
+    code, labels = synthetic_codes(2000, 10, seed=3, spread=1.0, separation=10.0)
+    out = measure.classify_cv(code, labels, "patternnet", jobs=2, mlp={"epochs": 100})
     assert out["error"] < 0.5 and out["hidden"] == 42 and len(out["folds"]) == 10
     assert [f["fold"] for f in out["folds"]] == list(range(10)) and all(f["epochs"] <= 100 for f in out["folds"])
     rng = np.random.default_rng(7)
     noise = rng.normal(size=(2000, 2))
     labels = rng.permutation(np.arange(2000) % 10)
-    assert 84.0 < analyze.mlp_error(noise, labels, jobs=2, mlp={"epochs": 100}) < 96.0
+    assert 84.0 < measure.mlp_error(noise, labels, jobs=2, mlp={"epochs": 100}) < 96.0
 
 
 def test_classify_uses_uniform_priors_not_the_class_frequencies():
@@ -186,7 +187,7 @@ def test_classify_uses_uniform_priors_not_the_class_frequencies():
 
 
 def test_classify_is_the_pooled_gaussian_rule():
-    code, labels = analyze.synthetic_codes(3000, 5, seed=2, spread=1.0, separation=1.0)
+    code, labels = synthetic_codes(3000, 5, seed=2, spread=1.0, separation=1.0)
     train, test = slice(0, 2000), slice(2000, None)
     ours = lib.matlab_classify(code[train], labels[train], code[test])
     x, y = code[train].astype(float), labels[train]
@@ -199,7 +200,7 @@ def test_classify_is_the_pooled_gaussian_rule():
 
 
 def test_classify_refuses_a_singular_pooled_covariance_naming_the_dimension():
-    code, labels = analyze.synthetic_codes(500, 3, seed=4, separation=10.0)
+    code, labels = synthetic_codes(500, 3, seed=4, separation=10.0)
     dead = np.column_stack([code[:, :2], np.zeros(len(code)), code[:, 2:]])
     with pytest.raises(lib.SingularCovariance, match="code dimension\\(s\\) 2 constant"):
         lib.matlab_classify(dead, labels, dead[:5])

@@ -38,8 +38,8 @@ from .options import fail, run_guarded
 def cli(run_dirs, folds, seed, jobs, classifier, mlp_transfer, mlp_epochs, sparsity_base, split, test_h5, no_diagram,
         reference, reference_cache):
     """Classify, measure and draw each RUN_DIR; write RUN_DIR/analysis.json and RUN_DIR/figures/."""
-    from .. import analyze as lib
     from .. import paper as paper_lib
+    from ..analysis import analyze_run as lib
 
     cache = os.path.expanduser(reference_cache)
     mlp = {"hidden_transfer": mlp_transfer, "epochs": mlp_epochs} if classifier == "patternnet" else None
@@ -60,7 +60,7 @@ def cli(run_dirs, folds, seed, jobs, classifier, mlp_transfer, mlp_epochs, spars
                 out["sparsity"]["30"]))
             continue
         if reference:
-            run_guarded(_reference, lib, run_dir, test_h5, cache, folds, seed, jobs, classifier, mlp, raw_paper, say)
+            run_guarded(_reference, run_dir, test_h5, cache, folds, seed, jobs, classifier, mlp, raw_paper, say)
         out = run_guarded(lib.analyze_run, run_dir, folds=folds, seed=seed, jobs=jobs, test_h5=test_h5,
                           diagram=not no_diagram, reference_cache=cache, progress=say if sys.stderr.isatty() else None,
                           classifier=classifier, mlp=mlp, sparsity_base=sparsity_base)
@@ -79,13 +79,15 @@ def cli(run_dirs, folds, seed, jobs, classifier, mlp_transfer, mlp_epochs, spars
                        len(out["figures"]), out["timings"]["total"]))
 
 
-def _reference(lib, run_dir, test_h5, cache, folds, seed, jobs, classifier, mlp, raw_paper, say):
-    manifest = lib.read_manifest(os.path.abspath(run_dir))
-    codes = lib.read_codes(os.path.abspath(run_dir))
+def _reference(run_dir, test_h5, cache, folds, seed, jobs, classifier, mlp, raw_paper, say):
+    from ..analysis import measure, readers
+
+    manifest = readers.read_manifest(os.path.abspath(run_dir))
+    codes = readers.read_codes(os.path.abspath(run_dir))
     path = test_h5 or ((manifest.get("data") or {}).get("test") or {}).get("images")
-    images = lib.read_test_images(path, len(codes["label"]), codes["label"])
+    images = readers.read_test_images(path, len(codes["label"]), codes["label"])
     say("raw-pixel reference MLP 784-88-10 (%s) on %d images (%d folds), cached in %s"
-        % (lib.classifier_tag(classifier, mlp), len(images), folds, cache))
-    result = lib.raw_pixel_reference(images, codes["label"], cache=cache, folds=folds, seed=seed, jobs=jobs,
-                                     classifier=classifier, mlp=mlp)
+        % (measure.classifier_tag(classifier, mlp), len(images), folds, cache))
+    result = measure.raw_pixel_reference(images, codes["label"], cache=cache, folds=folds, seed=seed, jobs=jobs,
+                                         classifier=classifier, mlp=mlp)
     say("reference: %.2f %% (paper %.2f %%)%s" % (result["error"], raw_paper, " (cached)" if result["cached"] else ""))
