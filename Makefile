@@ -13,27 +13,34 @@ NET    ?= $(if $(filter siamese deep_ae,$(MODEL)),$(MODEL),model$(MODEL))
 CAE := $(VENV)/bin/caffe-cae
 PY  := $(VENV)/bin/python
 
-.PHONY: help deps setup prototxt schema engine data train test bench clean reproduce-quick reproduce tables relu results
+.PHONY: help deps setup image-setup prototxt schema engine engine-gpu docker docker-gpu data train test bench clean \
+	reproduce-quick reproduce tables relu results
 
 help:
-	@echo "make deps | setup | prototxt | engine | data | train MODEL=3 DIM=30 MODE=cpu | test | bench"
+	@echo "make deps | setup | prototxt | engine | docker | docker-gpu | data | train MODEL=3 DIM=30 MODE=cpu | test | bench"
 
 # The system packages, one list: deps/debian-packages.txt. As root on Debian/Ubuntu the missing
 # ones are installed with apt-get; otherwise one line names them and how to install them (exit 2).
+# In the caffe-cae image (CAFFE_CAE_IMAGE set) the system is the image's: nothing to install.
 deps:
-	@sh deps/install.sh
+	@$(if $(CAFFE_CAE_IMAGE),:,sh deps/install.sh)
 
 # A virtual environment with the package (editable), the test tools and PyTorch for the
 # second backend. TORCH pins the CPU build that lies on this machine's disk; elsewhere set
 # e.g. TORCH='torch>=2.1' (an unpinned torch from PyPI is a multi-GB CUDA build).
 TORCH ?= torch==2.13.0
-setup: $(VENV)/.installed
+setup: $(if $(CAFFE_CAE_IMAGE),image-setup,$(VENV)/.installed)
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q '$(TORCH)'
 	$(VENV)/bin/pip install -q -e '.[test,torch]'
 	touch $@
+
+# In the caffe-cae image: its venv (VENV=/opt/caffe-cae/venv, with the harness's packages) runs
+# this checkout, installed editable (no download).
+image-setup:
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 
 # Every net of the paper at every code size, both syntaxes, into generated/.
 prototxt: setup
@@ -54,6 +61,24 @@ data: setup
 # (~/.cache/caffe-cae/engine/<recipe hash>, or $CAFFE_CAE_CACHE); rebuilt only when the recipe changes.
 engine: deps setup
 	$(CAE) engine build
+
+# The GPU rootfs engine: Caffe with Debian bullseye's CUDA 11.2 for GPU_ARCHS (default: every
+# compute capability from 6.0 to 8.6, plus PTX for newer GPUs). On a host with an NVIDIA driver the
+# engine binds its devices and libraries, and `make train MODE=gpu` runs in it. No GPU needed to build.
+GPU_ARCHS ?=
+engine-gpu: deps setup
+	$(CAE) engine build --gpu $(if $(GPU_ARCHS),--archs '$(GPU_ARCHS)')
+
+# The caffe-cae images from docker/Dockerfile (one recipe): the engine and the harness, so that
+#   docker run --rm -v "$$PWD:$$PWD" -w "$$PWD" caffe-cae:cpu make reproduce-quick
+# works on any Docker host. Cached by recipe hash (the image's label): rebuilt only when the recipe
+# or the harness changes. Through a Docker daemon, else a podman service started on demand; the
+# debian:bullseye base is pulled, or made with debootstrap where no registry answers.
+docker: deps setup
+	$(CAE) engine build --kind docker
+
+docker-gpu: deps setup
+	$(CAE) engine build --kind docker --gpu $(if $(GPU_ARCHS),--archs '$(GPU_ARCHS)')
 
 # Train one net: run directory RUN_DIR (manifest.json, log.jsonl, snapshots); seed = RUN.
 # Ctrl-C snapshots and stops; RESUME=1 continues RUN_DIR as recorded; FORCE=1 overwrites a finished run.

@@ -114,15 +114,16 @@ def test_the_one_list_is_used_everywhere():
     assert all(len(r) == 2 and re.fullmatch(r"[a-z0-9][a-z0-9.+-]+", r[0]) for r in rows), rows
     packages = [r[0] for r in rows]
     for pkg in ("debootstrap", "bubblewrap", "graphviz", "shellcheck", "chromium", "slurm-wlm", "munge",
-                "python3-venv"):
+                "python3-venv", "podman", "runc", "docker.io"):
         assert pkg in packages
     with open(os.path.join(REPO_ROOT, ".ci", "run"), encoding="utf-8") as f:
         ci = f.read()
     assert "make deps" in ci and "apt-get" not in ci
     with open(os.path.join(REPO_ROOT, "Makefile"), encoding="utf-8") as f:
         make = f.read()
-    assert re.search(r"^deps:\n\t@sh deps/install.sh$", make, re.M)
-    for target in ("reproduce-quick", "test", "engine"):
+    # (in the caffe-cae image, CAFFE_CAE_IMAGE set, the image's system is used as it is)
+    assert re.search(r"^deps:\n\t@\$\(if \$\(CAFFE_CAE_IMAGE\),:,sh deps/install.sh\)$", make, re.M)
+    for target in ("reproduce-quick", "test", "engine", "engine-gpu", "docker", "docker-gpu"):
         assert re.search(r"^%s: deps " % target, make, re.M), target
     if shutil.which("shellcheck"):
         lint = subprocess.run(["shellcheck", SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

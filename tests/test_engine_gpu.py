@@ -1,4 +1,9 @@
-"""The Unpooling layer's CUDA source compiles for sm_90 against the engine's Caffe headers.
+"""The GPU path without a GPU: the rootfs engine's binds of the host's NVIDIA devices and driver
+libraries (from a fake /dev and ldconfig listing, and for real in the engine's sandbox), and the
+Unpooling layer's CUDA source compiling for sm_90 against the engine's Caffe headers. (The GPU
+image's compiled architectures are checked in tests/test_docker.py.)
+
+The compile check:
 
 There is no GPU here, and the machine's nvcc (CUDA 13) lacks the cuBLAS/cuRAND headers that
 Caffe's common.hpp includes; PyPI's CUDA 11.8 nvcc wheel has no compiler driver (only
@@ -18,8 +23,10 @@ import zipfile
 import pytest
 
 from caffe_cae import REPO_ROOT, engine
+from caffe_cae.engine import gpu
 
 from conftest import missing
+from engine_support import require_engine
 
 WHEELS = ("nvidia-cublas-cu11==11.11.3.6", "nvidia-curand-cu11==10.3.0.86")
 LAYER_CU = os.path.join(REPO_ROOT, "docker", "unpooling", "unpooling_layer.cu")
@@ -94,3 +101,74 @@ def test_broken_kernel_fails_to_compile(toolchain, tmp_path):
     proc, _ = compile_cu(toolchain, source, tmp_path)
     assert proc.returncode != 0
     assert "undefined_name" in proc.stdout
+
+
+LISTING = """\t1234 libs found in cache `/etc/ld.so.cache'
+\tlibnvidia-ml.so.1 (libc6,x86-64) => {lib}/libnvidia-ml.so.1
+\tlibnvidia-ml.so.1 (libc6) => {lib}/i386/libnvidia-ml.so.1
+\tlibnvidia-ptxjitcompiler.so.1 (libc6,x86-64) => {lib}/libnvidia-ptxjitcompiler.so.1
+\tlibcudart.so.11.0 (libc6,x86-64) => {lib}/libcudart.so.11.0
+\tlibcuda.so.1 (libc6,x86-64) => {lib}/libcuda.so.1
+\tlibcuda.so (libc6,x86-64) => {lib}/libcuda.so
+\tlibnvidia-gone.so.1 (libc6,x86-64) => {lib}/libnvidia-gone.so.1
+\tlibc.so.6 (libc6,x86-64, OS ABI: Linux 3.2.0) => /lib/x86_64-linux-gnu/libc.so.6
+"""
+
+
+def fake_driver(tmp_path):
+    """A /dev with NVIDIA nodes (plain files) and others, a lib dir, and its ldconfig -p listing."""
+    dev = tmp_path / "dev"
+    (dev / "nvidia-caps").mkdir(parents=True)
+    for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset",
+                 "nvidia-caps/nvidia-cap1", "null", "nvme0", "nvidia-something-else"):
+        (dev / name).write_text(name + "\n")
+    lib = tmp_path / "lib"
+    (lib / "i386").mkdir(parents=True)
+    for name in ("libnvidia-ml.so.1", "i386/libnvidia-ml.so.1", "libnvidia-ptxjitcompiler.so.1",
+                 "libcudart.so.11.0", "libcuda.so.1.550"):
+        (lib / name).write_text(name + "\n")
+    (lib / "libcuda.so.1").symlink_to("libcuda.so.1.550")
+    (lib / "libcuda.so").symlink_to("libcuda.so.1")
+    return str(dev), str(lib), LISTING.format(lib=lib)
+
+
+def test_nvidia_devices_and_driver_libraries(tmp_path):
+    dev, lib, listing = fake_driver(tmp_path)
+    assert gpu.device_nodes(dev) == [os.path.join(dev, n) for n in (
+        "nvidia-caps/nvidia-cap1", "nvidia-modeset", "nvidia-uvm", "nvidia-uvm-tools", "nvidia0", "nvidia1",
+        "nvidiactl")]
+    # the driver's libraries of this architecture (not the CUDA runtime: the engine has its own)
+    assert gpu.driver_libraries(listing, machine="x86_64") == {
+        "libnvidia-ml.so.1": lib + "/libnvidia-ml.so.1", "libnvidia-ptxjitcompiler.so.1":
+        lib + "/libnvidia-ptxjitcompiler.so.1", "libcuda.so.1": lib + "/libcuda.so.1", "libcuda.so": lib + "/libcuda.so"}
+    assert gpu.device_nodes(str(tmp_path / "none")) == [] and gpu.bwrap_args(str(tmp_path / "none"), listing) == (
+        [], None)
+    assert not gpu.host_has_gpu(str(tmp_path / "none")) and gpu.host_has_gpu(dev)
+
+
+def test_gpu_rootfs_engine_binds_the_driver_for_real(tmp_path):
+    """The binds in a real sandbox of the rootfs engine: the device nodes at /dev, the driver's
+    libraries (links resolved) in gpu.LIB_DIR, which leads LD_LIBRARY_PATH."""
+    eng = require_engine()
+    if eng.kind != "rootfs":
+        missing("the bind check runs in the rootfs engine (CAFFE_CAE_ENGINE=%s)" % eng.kind)
+    dev, lib, listing = fake_driver(tmp_path)
+    binds = gpu.bwrap_args(dev, listing)
+    args, lib_dir = binds
+    assert lib_dir == gpu.LIB_DIR
+    assert args[:3] == ["--dev-bind", dev + "/nvidia-caps/nvidia-cap1", "/dev/nvidia-caps/nvidia-cap1"]
+    triples = [args[i:i + 3] for i in range(0, len(args), 3)]
+    assert ["--ro-bind", lib + "/libcuda.so.1.550", gpu.LIB_DIR + "/libcuda.so.1"] in triples
+    with_gpu = engine.RootfsEngine(eng.location, nvidia=binds)
+    script = "cat /dev/nvidia0 /dev/nvidiactl /dev/nvidia-caps/nvidia-cap1; ls /dev | grep -c nvme; " \
+             "ls %s; cat %s/libcuda.so.1; echo \"$LD_LIBRARY_PATH\"" % (gpu.LIB_DIR, gpu.LIB_DIR)
+    proc = with_gpu.run(["sh", "-c", script], cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        universal_newlines=True)
+    lines = proc.stdout.split()
+    assert lines[:4] == ["nvidia0", "nvidiactl", "nvidia-caps/nvidia-cap1", "0"], proc.stdout
+    assert lines[4:-2] == ["libcuda.so", "libcuda.so.1", "libnvidia-ml.so.1", "libnvidia-ptxjitcompiler.so.1"]
+    assert lines[-2:] == ["libcuda.so.1.550", gpu.LIB_DIR]
+    # without a driver (this host, unless it has one) a GPU engine binds nothing, a CPU engine never
+    assert engine.RootfsEngine(eng.location).nvidia == ([], None)
+    if not gpu.host_has_gpu():
+        assert engine.RootfsEngine(eng.location + "-gpu").nvidia == ([], None)

@@ -1,5 +1,5 @@
 """The engine recipe without building it: the caffe.proto / upgrade_proto.cpp patch reads its
-numbers from the project's schema, the cache key follows the recipe, and the Dockerfiles and
+numbers from the project's schema, the cache keys follow the recipe, and the Dockerfile and
 shell scripts pass hadolint and shellcheck."""
 import os
 import shutil
@@ -116,17 +116,25 @@ def test_patch_refuses_a_taken_field_number(tmp_path):
 def test_recipe_hash_covers_schema_and_layer(tmp_path, monkeypatch):
     copy = str(tmp_path / "caffe_cae")  # a package directory with the recipe, as a wheel installs it
     original = engine.recipe_hash()
-    for rel in engine.recipe_files():
-        dest = os.path.join(copy, os.path.relpath(engine.recipe_path(rel), engine.PACKAGE_DIR))
+    for rel in engine.recipe_files(gpu=True):
+        dest = os.path.join(copy, os.path.relpath(engine.recipe_path(rel), engine.recipe.PACKAGE_DIR))
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         shutil.copyfile(engine.recipe_path(rel), dest)
-    monkeypatch.setattr(engine, "PACKAGE_DIR", copy)
+    monkeypatch.setattr(engine.recipe, "PACKAGE_DIR", copy)
     assert "caffe_cae/proto/caffe_cae.proto" in engine.recipe_files()
     assert "docker/unpooling/unpooling_layer.cu" in engine.recipe_files()
     first = engine.recipe_hash()
     assert first == original  # the hash names files by their place in the repository, wherever read
     assert engine.recipe_hash() == first
     assert engine.recipe_hash(gpu=True) != first
+    assert "docker/cuda-toolkit.sh" in engine.recipe_files(gpu=True) and "docker/cuda-toolkit.sh" not in \
+        engine.recipe_files()
+    assert engine.recipe_hash(gpu=True, archs="86") not in (first, engine.recipe_hash(gpu=True))
+    assert engine.recipe_hash(gpu=True, archs="60 61 70 75 80 86") == engine.recipe_hash(gpu=True)
+    gpu = engine.recipe_hash(gpu=True)
+    with open(os.path.join(copy, "docker/cuda-toolkit.sh"), "a") as f:
+        f.write("\n")
+    assert engine.recipe_hash() == first and engine.recipe_hash(gpu=True) != gpu  # GPU-only file
     with open(os.path.join(copy, "proto/caffe_cae.proto"), "a") as f:
         f.write("\n// changed\n")
     second = engine.recipe_hash()
@@ -215,8 +223,10 @@ def test_no_debian_mirror_is_one_clear_error(tmp_path, monkeypatch):
     message = str(err.value)
     assert "\n" not in message and os.path.join(apt, "sources.list") in message
     assert "CAFFE_CAE_DEBIAN_MIRROR" in message
-    with open(engine.__file__, encoding="utf-8") as f:
-        assert "deb.debian.org" not in f.read()  # the mirror comes from the host, not the code
+    for name in os.listdir(os.path.dirname(engine.__file__)):
+        if name.endswith(".py"):
+            with open(os.path.join(os.path.dirname(engine.__file__), name), encoding="utf-8") as f:
+                assert "deb.debian.org" not in f.read(), name  # the mirror comes from the host, not the code
 
 
 def _tool(name):
@@ -226,27 +236,31 @@ def _tool(name):
     return found
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.gpu"])
-def test_hadolint(dockerfile):
-    proc = subprocess.run([_tool("hadolint"), os.path.join(REPO_ROOT, "docker", dockerfile)],
+def test_hadolint():
+    proc = subprocess.run([_tool("hadolint"), os.path.join(REPO_ROOT, "docker", "Dockerfile")],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     assert proc.returncode == 0, proc.stdout
 
 
 def test_shellcheck():
-    scripts = [os.path.join(REPO_ROOT, "docker", "build-caffe.sh"), os.path.join(REPO_ROOT, ".ci", "run")]
+    scripts = [os.path.join(REPO_ROOT, "docker", name) for name in ("build-caffe.sh", "cuda-toolkit.sh")]
+    scripts += [os.path.join(REPO_ROOT, ".ci", "run")]
     proc = subprocess.run([_tool("shellcheck")] + scripts, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           universal_newlines=True)
     assert proc.returncode == 0, proc.stdout
 
 
-def test_dockerfiles_use_the_one_recipe():
-    for name in ("Dockerfile.cpu", "Dockerfile.gpu"):
-        text = read(os.path.join(REPO_ROOT, "docker", name))
-        assert "build-caffe.sh" in text and "caffe_cae/proto/caffe_cae.proto" in text
-    assert read(os.path.join(REPO_ROOT, "docker", "Dockerfile.cpu")).count("FROM debian:bullseye") == 1
-    gpu = read(os.path.join(REPO_ROOT, "docker", "Dockerfile.gpu"))
-    assert "FROM nvidia/cuda:11.8" in gpu and "--gpu" in gpu and "90" in gpu
+def test_one_dockerfile_for_both_images():
+    """docker/Dockerfile: debian:bullseye for the CPU and the GPU image (no nvidia/cuda base), the
+    engine built by the rootfs engine's scripts, GPU=1 adding Debian's CUDA."""
+    text = read(os.path.join(REPO_ROOT, "docker", "Dockerfile"))
+    assert [line for line in text.splitlines() if line.startswith("FROM ")] == ["FROM debian:bullseye"]
+    assert "nvidia/cuda" not in text.replace("an nvidia/cuda base", "")
+    assert "bash /opt/caffe-cae/recipe/cuda-toolkit.sh" in text and "build-caffe.sh --gpu" in text and 'ARG CUDA_ARCH_BIN="%s"' % engine.GPU_ARCHS \
+        in text
+    assert sorted(os.listdir(os.path.join(REPO_ROOT, "docker"))) == [
+        "Dockerfile", "build-caffe.sh", "cuda-toolkit.sh", "patch-caffe.py", "unpooling"]
+    assert engine.rootfs.build_command(True, "/r") == ("bash /r/cuda-toolkit.sh && bash /r/build-caffe.sh --gpu /r")
 
 
 def test_prune_keeps_only_the_given_engine(tmp_path):
@@ -258,6 +272,11 @@ def test_prune_keeps_only_the_given_engine(tmp_path):
     removed = engine.prune(str(parent / "bbbb"), log=open(os.devnull, "w"))
     assert removed == [str(parent / "aaaa")]
     assert sorted(p.name for p in parent.iterdir()) == [".lock", ".tmp-cccc-1", "bbbb"]
+    for name in ("dddd-gpu", "eeee-gpu"):  # the GPU engines are pruned apart from the CPU ones
+        (parent / name).mkdir()
+        (parent / name / "engine.json").write_text("{}")
+    assert engine.prune(str(parent / "eeee-gpu"), log=open(os.devnull, "w")) == [str(parent / "dddd-gpu")]
+    assert sorted(p.name for p in parent.iterdir()) == [".lock", ".tmp-cccc-1", "bbbb", "eeee-gpu"]
 
 
 def _cli(*args, env=None):
@@ -272,21 +291,36 @@ def test_unavailable_kinds_say_what_to_do():
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == ["caffe-cae: error: CAFFE_CAE_ENGINE=host: no-such-python has no pycaffe "
                                         "with an Unpooling layer; use CAFFE_CAE_ENGINE=rootfs (make engine) or docker"]
-    proc = _cli("engine", "build", "--gpu")
-    assert proc.returncode == 2 and "docker/Dockerfile.gpu" in proc.stderr and len(proc.stderr.splitlines()) == 1
-    if not engine.DockerEngine.daemon_running():
-        proc = _cli("engine", "status", env={"CAFFE_CAE_ENGINE": "docker"})
-        assert proc.returncode == 2
-        assert "no running Docker daemon" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    proc = _cli("engine", "build", "--archs", "86")
+    assert proc.returncode == 2 and proc.stderr.splitlines() == ["caffe-cae: error: --archs: only with --gpu"]
+    proc = _cli("engine", "build", "--gpu", "--archs", "sm_86")
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "caffe-cae: error: --archs 'sm_86': expected compute capabilities such as '60 86'"]
+    no_docker = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                if not os.path.exists(os.path.join(p, "docker")))
+    proc = _cli("engine", "status", env={"CAFFE_CAE_ENGINE": "docker", "PATH": no_docker})
+    assert proc.returncode == 2
+    assert "docker not found" in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
-def test_docker_context_is_the_recipe():
-    for name in ("Dockerfile.cpu", "Dockerfile.gpu"):
-        ignore = read(os.path.join(REPO_ROOT, "docker", name + ".dockerignore")).split("\n")
-        assert "*" in ignore
-        allowed = sorted(line[1:] for line in ignore if line.startswith("!"))
-        text = read(os.path.join(REPO_ROOT, "docker", name))
-        for line in text.splitlines():
-            if line.startswith("COPY "):
-                for src in line.split()[1:-1]:
-                    assert any(src.rstrip("/") == a.rstrip("/") for a in allowed), src
+def test_docker_context_is_the_recipe_and_the_harness():
+    """Every COPY of docker/Dockerfile finds its files in the context caffe-cae assembles (recipe/ as
+    the rootfs engine lays it out, harness/ the package with its templates and recipe); the image's
+    hash follows the context and the build arguments."""
+    ctx = engine.docker.image_context()
+    for line in read(os.path.join(REPO_ROOT, "docker", "Dockerfile")).splitlines():
+        if line.startswith("COPY "):
+            for src in line.split()[1:-1]:
+                # wheels/: pip download's, added when the image is built (tests/test_docker.py)
+                assert src == "wheels/" or any(k.startswith(src) for k in ctx), src
+    assert sorted(k for k in ctx if k.startswith("recipe/")) == sorted(
+        "recipe/" + engine.recipe.recipe_in_engine(rel) for rel in engine.recipe_files(gpu=True))
+    for rel in ("setup.cfg", "caffe_cae/engine/docker.py", "templates/modern.prototxt.j2", "docker/Dockerfile"):
+        assert "harness/" + rel in ctx, rel
+    assert ctx["harness/caffe_cae/docker"] == ("link", "../docker")
+    assert not any("__pycache__" in k or k.endswith(".pyc") for k in ctx)
+    cpu = engine.image_hash()
+    assert cpu == engine.image_hash(context=engine.docker.image_context())
+    assert len({cpu, engine.image_hash(True), engine.image_hash(True, "86")}) == 3
+    changed = dict(engine.docker.image_context(), **{"harness/caffe_cae/paper.py": b"changed"})
+    assert engine.image_hash(context=changed) != cpu

@@ -17,14 +17,38 @@ def cli():
 
 
 @cli.command("build")
-@click.option("--gpu", is_flag=True, help="The GPU recipe (docker/Dockerfile.gpu; needs Docker and a GPU base image).")
-@click.option("--force", is_flag=True, help="Rebuild the rootfs engine even if it is cached.")
-@click.option("--prune", is_flag=True, help="Then remove cached engines of older recipes.")
-def build(gpu, force, prune):
-    """Build (or reuse) the Debian bullseye root file system engine in the cache."""
+@click.option("--kind", type=click.Choice(["rootfs", "docker"]), default=None,
+              help="rootfs: the cached root file system (make engine); docker: the image (make docker). "
+                   "Default: docker when CAFFE_CAE_ENGINE=docker, else rootfs.")
+@click.option("--gpu", is_flag=True, help="The GPU engine: Caffe with Debian's CUDA 11.2 (no GPU needed to build).")
+@click.option("--archs", default=None, metavar="'60 86'",
+              help="With --gpu: the compute capabilities, the PTX of the last kept (default: all, %s)."
+                   % "60 61 70 75 80 86")
+@click.option("--force", is_flag=True, help="Rebuild even if the engine of this recipe is cached.")
+@click.option("--prune", is_flag=True, help="Then remove cached rootfs engines of older recipes.")
+def build(kind, gpu, archs, force, prune):
+    """Build (or reuse) an engine: a Debian bullseye root file system in the cache, or the caffe-cae
+    image (caffe-cae:cpu, caffe-cae:gpu), each cached by recipe hash.
+
+    Inside the caffe-cae image (CAFFE_CAE_ENGINE=host) there is nothing to build: it checks the engine.
+    """
     from .. import engine
 
-    eng = run_guarded(engine.build_rootfs, gpu=gpu, force=force)
+    kind = kind or {"docker": "docker", "host": "host"}.get(os.environ.get("CAFFE_CAE_ENGINE"), "rootfs")
+    if archs is not None and not gpu:
+        fail("--archs: only with --gpu")
+    if archs is not None and (not archs.split() or not all(a.isdigit() for a in archs.split())):
+        fail("--archs %r: expected compute capabilities such as '60 86'" % archs)
+    if kind == "host":
+        eng = run_guarded(engine.get_engine, "host")
+        info = run_guarded(eng.status)
+        click.echo("host engine: %s (Caffe %s, %s)" % (eng.location, info.get("caffe_version"), info.get("mode")))
+        return
+    if kind == "docker":
+        eng = run_guarded(engine.build_image, gpu=gpu, archs=archs, force=force)
+        click.echo("docker engine: image %s" % eng.location)
+        return
+    eng = run_guarded(engine.build_rootfs, gpu=gpu, force=force, archs=archs)
     click.echo("rootfs engine: %s" % eng.location)
     if prune:
         engine.prune(eng.location)
