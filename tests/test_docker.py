@@ -25,7 +25,7 @@ import pytest
 
 from caffe_cae import REPO_ROOT, engine
 from caffe_cae import extract as extract_lib
-from caffe_cae.backends.caffe_engine import CaffeBackend
+from caffe_cae.backends.caffe_backend import CaffeBackend
 from caffe_cae.engine import docker as docker_lib
 from caffe_cae.errors import CaeError
 
