@@ -53,7 +53,7 @@ DEFAULTS = {
     "solver.type": ("SGD", "Section 4.2: stochastic gradient descent"),
     "solver.base_lr": (0.006, "Section 4.2"),
     "solver.lr_policy": ("fixed", "Section 4.2"),
-    "solver.momentum": (0, "not stated in the paper, so Caffe's code default; 0.9 (Caffe's mnist_autoencoder "
+    "solver.momentum": (0.0, "not stated in the paper, so Caffe's code default; 0.9 (Caffe's mnist_autoencoder "
                            "example) keeps Model 5 (tanh) from training on the paper's schedule: test CE ~2000 "
                            "against the paper's 91 (docs/reproduction.md)"),
     "solver.weight_decay": (0.0005, "Section 4.2"),
