@@ -29,6 +29,7 @@ from caffe_cae.backends.caffe_backend import CaffeBackend
 from caffe_cae.engine import docker as docker_lib
 from caffe_cae.errors import CaeError
 
+from conftest import missing
 from engine_support import REQUIRED, SCRIPTS, run_json
 from train_support import run_train, tiny_root  # noqa: F401
 # The engine checks, run with the ``eng`` fixture below (the image), as they run with the rootfs engine.
@@ -41,12 +42,6 @@ from test_engine_nets import (net_report, test_generated_nets_exist,  # noqa: F4
 
 ITERS = 20
 NET = "model4"
-
-
-def missing(why):
-    if REQUIRED:
-        pytest.fail(why, pytrace=False)
-    pytest.skip(why)
 
 
 def image_engine(gpu=False):
