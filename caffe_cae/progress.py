@@ -14,12 +14,18 @@ def short_losses(loss):
     return " ".join("%s=%.4g" % (k[:2] if k != "contrastive" else "con", v) for k, v in sorted(loss.items()))
 
 
+def is_terminal(stream):
+    """Whether ``stream`` is a terminal (a bar) rather than a file or pipe (plain lines)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
 class Progress:
     """One run's progress on ``stream`` (stderr by default); ``tty`` None: ask the stream."""
 
     def __init__(self, label, total, stream=None, tty=None, initial=0, mininterval=0.25):
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = (hasattr(self.stream, "isatty") and self.stream.isatty()) if tty is None else tty
+        self.tty = is_terminal(self.stream) if tty is None else tty
         self.label = label
         self.total = total
         self.marks = []  # (time, iter): the rate of the plain lines

@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+from ..progress import is_terminal
+
 
 class Lines:
     """Every event as one plain line through ``log`` (thread-safe)."""
@@ -128,7 +130,6 @@ class Bar(Lines):
 def make(stream=None):
     """A :class:`Bar` when ``stream`` (default: stderr) is a terminal, else :class:`Lines` on it."""
     stream = stream or sys.stderr
-    isatty = getattr(stream, "isatty", None)
-    if isatty is not None and isatty():
+    if is_terminal(stream):
         return Bar(stream)
     return Lines(lambda message: print(message, file=stream, flush=True))
