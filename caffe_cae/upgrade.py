@@ -172,6 +172,25 @@ def add_reshape_fix(net):
     return net
 
 
+#: Modern data layer type -> the parameter message whose transformation fields Caffe 1.0 ignores.
+IGNORED_TRANSFORM = {"Data": "data_param", "ImageData": "image_data_param"}
+
+
+def ignored_fields(net):
+    """Warnings (one line each) for what Caffe 1.0 keeps in a modern net but never reads: a
+    Data or ImageData layer's ``scale``, ``mean_file``, ``crop_size`` or ``mirror`` in its
+    data parameter (Caffe's upgrade moves them only out of V1 layers)."""
+    warnings = []
+    for layer in net.layer:
+        holder = IGNORED_TRANSFORM.get(layer.type)
+        if holder and layer.HasField(holder):
+            for field in TRANSFORM_FIELDS:
+                if getattr(layer, holder).HasField(field):
+                    warnings.append("layer %s: %s.%s is ignored by Caffe 1.0 (give it in transform_param)"
+                                    % (layer.name, holder, field))
+    return warnings
+
+
 def upgrade(net, reshape_fix=True):
     """A modern NetParameter from any Caffe net (see the module's text); ``net`` is not changed."""
     out = pb.NetParameter()

@@ -15,6 +15,7 @@ from caffe_cae.schema import NetParameter, parse_text
 from caffe_cae.upgrade import upgrade
 from caffe_cae.upgrade_v0 import needs_v0_upgrade
 from conftest import REPO
+from engine_support import cli as run_cli
 from engine_support import require_engine
 
 NETS = os.path.join(REPO, "tests", "upgrade_nets")
@@ -154,3 +155,13 @@ def test_cli_unreadable_nets(tmp_path, text, expected):
     source.write_text(text)
     result = CliRunner().invoke(cli, ["upgrade", str(source)])
     assert result.exit_code == 2 and expected in result.output
+
+
+def test_fields_caffe_keeps_but_ignores_are_warned(tmp_path):
+    """A modern Data layer's data_param.scale stays (as in Caffe's upgrade) but is named on stderr."""
+    source = tmp_path / "net.prototxt"
+    source.write_text('layer { name: "d" type: "Data" top: "x" data_param { source: "db" batch_size: 1 scale: 0.5 } }')
+    result = run_cli("upgrade", str(source))
+    assert result.returncode == 0
+    assert "layer d: data_param.scale is ignored by Caffe 1.0" in result.stderr
+    assert parse_text(result.stdout, NetParameter) == parse_text(str(source), NetParameter)

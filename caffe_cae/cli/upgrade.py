@@ -5,7 +5,7 @@ import click
 from ..errors import CaeError
 from ..files import write_text
 from ..schema import NetParameter, parse_text, to_text
-from ..upgrade import upgrade
+from ..upgrade import ignored_fields, upgrade
 from .options import run_guarded
 
 
@@ -16,9 +16,12 @@ def _upgrade(file, out):
     if not net.ListFields():
         raise CaeError("%s: no net in the file (expected a NetParameter with layers)" % file)
     try:
-        text = to_text(upgrade(net))
+        modern = upgrade(net)
     except CaeError as exc:
         raise CaeError("%s: %s" % (file, exc)) from None
+    for warning in ignored_fields(modern):
+        click.echo("%s: warning: %s" % (file, warning), err=True)
+    text = to_text(modern)
     if out:
         write_text(out, text)
     else:
