@@ -58,12 +58,15 @@ TRANSFORM_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
 
 def upgrade_data_transformation(net):
     """Caffe's UpgradeNetDataTransformation, in place: a V1 data layer's transformation
-    fields move from its data parameter into ``transform_param``."""
-    for v1 in net.layers:
-        holder = DATA_PARAMS.get(v1.type)
-        if holder is None or not v1.HasField(holder):
-            continue
-        param = getattr(v1, holder)
+    fields move from its data parameter into ``transform_param``. As in Caffe, once one layer
+    needs it, every V1 data layer gets both messages, if only empty."""
+    layers = [v1 for v1 in net.layers if v1.type in DATA_PARAMS]
+    if not any(getattr(v1, DATA_PARAMS[v1.type]).HasField(field) for v1 in layers for field in TRANSFORM_FIELDS):
+        return
+    for v1 in layers:
+        param = getattr(v1, DATA_PARAMS[v1.type])
+        param.SetInParent()
+        v1.transform_param.SetInParent()
         for field in TRANSFORM_FIELDS:
             if param.HasField(field):
                 setattr(v1.transform_param, field, getattr(param, field))

@@ -84,6 +84,8 @@ def test_v1_transformation_moved_out_of_data_params():
     assert (train.transform_param.crop_size, train.transform_param.mirror) == (20, True)
     assert test.transform_param.scale == 0.5 and not test.image_data_param.HasField("scale")
     assert (win.transform_param.crop_size, list(win.transform_param.mean_value)) == (16, [104])
+    plain = layer(net, "plain")  # nothing to move, yet both messages, as Caffe gives them
+    assert plain.HasField("data_param") and plain.HasField("transform_param")
 
 
 def test_v1_layers_and_input():
@@ -123,6 +125,9 @@ REFUSED = {
                           "layer c: V1 field name beside a V0 `layer` record"),
     "mixed": ('layers { name: "a" type: RELU bottom: "x" top: "x" }\nlayer { name: "b" type: "ReLU" }',
               "both `layer {}` and V1 `layers {}`"),
+    "input_shape_vs_dim": ('name: "n"\ninput: "x"\ninput_shape { dim: 1 dim: 2 }\ninput_dim: 1 input_dim: 3',
+                           "net n: input_shape and input_dim disagree"),
+    "fork_bn_param": ('layers { name: "r" type: RELU bn_param { bn_mode: LEARN } }', "layer r: bn_param"),
     "input_without_shape": ('name: "n"\ninput: "x"\nlayer { name: "r" type: "ReLU" bottom: "x" top: "y" }',
                             "net n: input x has no shape"),
 }
