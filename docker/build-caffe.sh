@@ -55,7 +55,7 @@ apt-get install -y -qq --no-install-recommends \
   libopenblas-dev python3 python3-dev python3-numpy python3-skimage python3-protobuf \
   python3-h5py \
   liblmdb-dev libleveldb-dev libsnappy-dev \
-  libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libopencv-highgui-dev > /dev/null
+  libopencv-dev > /dev/null
 
 stage "2/7 source: apt-get source caffe"
 rm -rf "$WORK"
