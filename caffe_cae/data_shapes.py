@@ -152,18 +152,19 @@ def _read(layer, batch, given, project):
     return [[n] + list(chw)] + [[n] for _ in layer.top[1:]]
 
 
-def input_shapes(where, layer, batch, given, project):
-    """The shapes of an input layer's tops (see the module docstring); CaeError when unknown."""
+def input_shapes(at, layer, batch, given, project):
+    """The shapes of an input layer's tops (see the module docstring); CaeError, prefixed
+    with ``at`` (the file and layer), when one is unknown."""
     field = PARAM_FIELD.get(layer.type)
     if field and field not in layer.DESCRIPTOR.fields_by_name:
-        raise CaeError(f"{where}: layer {layer.name!r}: type {layer.type!r} has no shape rule in caffe-cae inspect")
+        raise CaeError(f"{at}: type {layer.type!r} has no shape rule in caffe-cae inspect")
     if all(top in given for top in layer.top):
         return [given[top] for top in layer.top]
     try:
         shapes = _read(layer, batch, given, project)
     except Unknown as why:
         top = next(top for top in layer.top if top not in given)
-        raise CaeError(f"{where}: layer {layer.name!r} ({layer.type}): the shape of {top!r} is unknown: {why}; "
+        raise CaeError(f"{at}: the shape of {top!r} is unknown: {why}; "
                        f"give the file it reads (paths are relative to the current folder) "
                        f"or --input-shape {top}=N,C,H,W") from None
     return [given.get(top, shape) for top, shape in zip(layer.top, shapes)]
