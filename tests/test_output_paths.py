@@ -7,7 +7,8 @@ place that makes that line; nothing may be left half-written. Root writes anywhe
 these are the bad paths a test run as root can make.
 
 The mode tests run every writing command under an unusual umask: each written file gets
-0666 less it, as open() would give it. The train and extract cases run the torch backend (no engine needed; PyTorch required in CI).
+0666 less it, as open() would give it. The train and extract cases run the torch backend
+(no engine needed; PyTorch required in CI).
 """
 import os
 import stat
