@@ -33,7 +33,11 @@ MNIST = {"data": [1, 28, 28], "pair_data": [2, 28, 28]}
 
 
 class Unknown(Exception):
-    """Why a shape cannot be read."""
+    """Why a shape cannot be read; ``top``: the top it is about, if one."""
+
+    def __init__(self, why, top=None):
+        super().__init__(why)
+        self.top = top
 
 
 def parse_input_shapes(pairs):
@@ -76,7 +80,7 @@ def _hdf5(layer, n):
             shapes = []
             for top in layer.top:
                 if top not in handle:
-                    raise Unknown(f"{first} has no dataset {top!r}")
+                    raise Unknown(f"{first} has no dataset {top!r}", top)
                 shapes.append([n] + list(handle[top].shape[1:]))
             return shapes
     except OSError as exc:
@@ -163,7 +167,7 @@ def input_shapes(at, layer, batch, given, project):
     try:
         shapes = _read(layer, batch, given, project)
     except Unknown as why:
-        top = next(top for top in layer.top if top not in given)
+        top = why.top or next(top for top in layer.top if top not in given)
         raise CaeError(f"{at}: the shape of {top!r} is unknown: {why}; "
                        f"give the file it reads (paths are relative to the current folder) "
                        f"or --input-shape {top}=N,C,H,W") from None
