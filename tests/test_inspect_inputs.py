@@ -189,3 +189,27 @@ def test_paper_figures_only_where_they_mean_something():
     assert "compression" not in format_table(classifier) and "Data/(w+b)" not in format_table(classifier)
     siamese = inspect_net(os.path.join(REPO, "generated", "modern", "siamese_d2_train_test.prototxt"))
     assert siamese["compression"] is None and siamese["data_ratio"] == 139
+
+
+#: data layers whose shape is in the layer itself (their parameter messages came with the
+#: whole Caffe 1.0 schema): (layer text, data shape); the label is N
+SIZED = {
+    "MemoryData": ('memory_data_param { batch_size: 4 channels: 2 height: 5 width: 6 }', [4, 2, 5, 6]),
+    "ImageData": ('transform_param { crop_size: 8 } image_data_param { source: "x.txt" batch_size: 4 '
+                  'new_height: 10 new_width: 12 is_color: false }', [4, 1, 8, 8]),
+    "WindowData": ('transform_param { crop_size: 9 } window_data_param { source: "w.txt" batch_size: 4 }',
+                   [4, 3, 9, 9]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SIZED))
+def test_sized_data_layers(kind):
+    body, shape = SIZED[kind]
+    info = inspect_net(f'name: "x"\nlayer {{ name: "d" type: "{kind}" top: "data" top: "label" {body} }}\n')
+    assert info["blobs"] == {"data": shape, "label": shape[:1]}
+
+
+def test_image_data_without_a_size_is_refused():
+    with pytest.raises(CaeError, match=r"layer 'd' \(ImageData\): the shape of 'data' is unknown: its image size is"):
+        inspect_net('name: "x"\nlayer { name: "d" type: "ImageData" top: "data" top: "label" '
+                    'image_data_param { source: "x.txt" batch_size: 4 } }\n')
