@@ -147,6 +147,9 @@ def test_lmdb_shapes_from_the_database(tmp_path, monkeypatch):
     assert info["blobs"]["data"] == [16, 1, 28, 28] and info["blobs"]["label"] == [16]
     assert info["params"] == 784 * 3 + 3
     assert inspect_net(LMDB_NET % (24, "LMDB"))["blobs"]["data"] == [16, 1, 24, 24]
+    write_lmdb(tmp_path / "db_lmdb", (3, 8, 8), encoded=True)
+    with pytest.raises(CaeError, match="holds encoded images"):
+        inspect_net(LMDB_NET % (0, "LMDB"))
 
 
 def test_data_layer_without_a_readable_database_is_refused(tmp_path):
