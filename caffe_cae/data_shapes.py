@@ -7,7 +7,8 @@ is known. For each top of such a layer, in this order:
 3. the file it reads, relative to the current folder as Caffe reads it: HDF5Data's
    ``source`` list names HDF5 files, the first one's dataset named as the top gives the
    shape after N (``hdf5_data_param.batch_size``); Data's LMDB database gives its first
-   Datum's channels x height x width (``transform_param.crop_size`` crops);
+   Datum's channels x height x width; ImageData's list its first image's height x width
+   (Pillow reads it); ``transform_param.crop_size`` crops;
 4. for the project's own nets (the ones ``caffe-cae render`` writes, named
    ``<net>_d<D>``), MNIST's layout: ``data`` N x 1 x 28 x 28, ``pair_data`` N x 2 x 28 x 28,
    anything else N.
@@ -61,7 +62,7 @@ def is_project_net(net):
 
 
 def _source_list(path):
-    """The file names an HDF5Data ``source`` list holds."""
+    """The lines of a data layer's ``source`` list (HDF5 files, or images and labels)."""
     try:
         with open(path, encoding="utf-8") as handle:
             names = [line.strip() for line in handle if line.strip()]
@@ -108,6 +109,17 @@ def _datum(layer):
     return [datum.channels, datum.height, datum.width]
 
 
+def _first_image_size(p):
+    """height, width of the first image an ImageData ``source`` list names ("file label" lines)."""
+    from PIL import Image
+    path = p.root_folder + _source_list(p.source)[0].rsplit(" ", 1)[0]
+    try:
+        with Image.open(path) as image:
+            return [image.height, image.width]
+    except OSError as exc:
+        raise Unknown(f"its first image {path!r} cannot be read ({exc})") from None
+
+
 def _cropped(layer, chw):
     crop = layer.transform_param.crop_size
     return chw if not crop else chw[:1] + [crop, crop]
@@ -125,9 +137,10 @@ def _image(layer, batch, given):
         return p.batch_size or batch, [p.channels, p.height, p.width]
     if t == "ImageData":
         p = layer.image_data_param
-        if not (p.new_height and p.new_width):
-            raise Unknown("its image size is that of the first image file (no new_height / new_width)")
-        return p.batch_size or batch, _cropped(layer, [3 if p.is_color else 1, p.new_height, p.new_width])
+        if bool(p.new_height) != bool(p.new_width):
+            raise Unknown("new_height and new_width go together")
+        size = [p.new_height, p.new_width] if p.new_height else _first_image_size(p)
+        return p.batch_size or batch, _cropped(layer, [3 if p.is_color else 1] + size)
     crop = layer.transform_param.crop_size or layer.window_data_param.crop_size
     if not crop:
         raise Unknown("it has no crop_size")

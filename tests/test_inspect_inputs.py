@@ -212,7 +212,16 @@ def test_sized_data_layers(kind):
     assert info["blobs"] == {"data": shape, "label": shape[:1]}
 
 
-def test_image_data_without_a_size_is_refused():
-    with pytest.raises(CaeError, match=r"layer 'd' \(ImageData\): the shape of 'data' is unknown: its image size is"):
-        inspect_net('name: "x"\nlayer { name: "d" type: "ImageData" top: "data" top: "label" '
-                    'image_data_param { source: "x.txt" batch_size: 4 } }\n')
+def test_image_data_size_from_its_first_image(tmp_path, monkeypatch):
+    from PIL import Image
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (12, 7)).save(tmp_path / "img" / "a.png")
+    (tmp_path / "list.txt").write_text("a.png 3\n")
+    text = ('name: "x"\nlayer { name: "d" type: "ImageData" top: "data" top: "label" '
+            'image_data_param { source: "list.txt" root_folder: "img/" batch_size: 4 } }\n')
+    assert inspect_net(text)["blobs"] == {"data": [4, 3, 7, 12], "label": [4]}
+    (tmp_path / "list.txt").write_text("b.png 3\n")
+    with pytest.raises(CaeError, match=r"layer 'd' \(ImageData\): the shape of 'data' is unknown: its first image "
+                                       r"'img/b.png' cannot be read"):
+        inspect_net(text)
