@@ -2,7 +2,7 @@
 is known. For each top of such a layer, in this order:
 
 1. ``--input-shape NAME=N,C,H,W`` (``given``, :func:`parse_input_shapes`) names the top;
-2. the layer itself: an Input layer's shape; MemoryData's sizes; ImageData's
+2. the layer itself: an Input or DummyData layer's shape; MemoryData's sizes; ImageData's
    ``new_height`` / ``new_width``; WindowData's ``crop_size``; a label top is N;
 3. the file it reads, relative to the current folder as Caffe reads it: HDF5Data's
    ``source`` list names HDF5 files, the first one's dataset named as the top gives the
@@ -24,10 +24,10 @@ from .proto import caffe_cae_pb2 as pb
 from .specs import NETS
 
 #: layer types whose tops are the net's inputs
-TYPES = ("Input", "HDF5Data", "Data", "ImageData", "MemoryData", "WindowData")
+TYPES = ("Input", "DummyData", "HDF5Data", "Data", "ImageData", "MemoryData", "WindowData")
 #: the layer parameter field each type reads, where that field must be in the schema
 PARAM_FIELD = {"ImageData": "image_data_param", "MemoryData": "memory_data_param",
-               "WindowData": "window_data_param"}
+               "WindowData": "window_data_param", "DummyData": "dummy_data_param"}
 _PROJECT = re.compile(r"(%s)_d\d+" % "|".join(NETS))
 #: the MNIST layout of the project's own HDF5 files (caffe_cae.data); other tops are N
 MNIST = {"data": [1, 28, 28], "pair_data": [2, 28, 28]}
@@ -150,8 +150,12 @@ def _image(layer, batch, given):
 def _read(layer, batch, given, project):
     """Shapes of every top of the input layer, or Unknown."""
     t = layer.type
-    if t == "Input":
-        shapes = [list(s.dim) for s in layer.input_param.shape]
+    if t in ("Input", "DummyData"):
+        p = layer.input_param if t == "Input" else layer.dummy_data_param
+        shapes = [list(s.dim) for s in p.shape]
+        if t == "DummyData" and not shapes and len(p.num):  # the legacy num, channels, height, width
+            sizes = [list(p.num), list(p.channels), list(p.height), list(p.width)]
+            shapes = [[axis[i if len(axis) > 1 else 0] for axis in sizes] for i in range(max(map(len, sizes)))]
         if not shapes:
             raise Unknown("it has no shape")
         if len(shapes) not in (1, len(layer.top)):

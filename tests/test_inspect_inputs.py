@@ -205,6 +205,13 @@ SIZED = {
 }
 
 
+def test_dummy_data_shapes():
+    text = 'name: "x"\nlayer { name: "d" type: "DummyData" top: "data" top: "label" dummy_data_param { %s } }\n'
+    assert inspect_net(text % "shape { dim: 4 dim: 5 } shape { dim: 4 }")["blobs"] == {"data": [4, 5], "label": [4]}
+    legacy = "num: 4 channels: 3 channels: 1 height: 6 height: 1 width: 7 width: 1"
+    assert inspect_net(text % legacy)["blobs"] == {"data": [4, 3, 6, 7], "label": [4, 1, 1, 1]}
+
+
 @pytest.mark.parametrize("kind", sorted(SIZED))
 def test_sized_data_layers(kind):
     body, shape = SIZED[kind]
