@@ -232,3 +232,13 @@ def test_image_data_size_from_its_first_image(tmp_path, monkeypatch):
     with pytest.raises(CaeError, match=r"layer 'd' \(ImageData\): the shape of 'data' is unknown: its first image "
                                        r"'img/b.png' cannot be read"):
         inspect_net(text)
+
+
+def test_lmdb_made_by_caffe_equals_real_caffe(tmp_path):
+    """The Datum records Caffe's own convert_mnist_data writes, read by inspect and by Caffe."""
+    eng = require_engine()
+    real = run_json(eng, [eng.python, os.path.join(SCRIPTS, "lmdb_shapes.py"), str(tmp_path),
+                          os.path.join(REPO, "data", "mnist")], cwd=str(tmp_path))
+    info = inspect_net(real["net"])
+    assert info["blobs"]["data"] == [8, 1, 24, 24]
+    assert info["blobs"] == {k: v for k, v in real["blobs"].items() if k in info["blobs"]}
