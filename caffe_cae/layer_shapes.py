@@ -110,7 +110,8 @@ def _pooling(net, layer, bottoms):
     kh, kw = kernel or (h, w)
     if h + 2 * ph < kh or w + 2 * pw < kw:
         net.fail(layer, f"kernel {kh}x{kw} is larger than its {h}x{w} input")
-    oh, ow = caffe_rules.pool_out(h, kh, sh, ph), caffe_rules.pool_out(w, kw, sw, pw)
+    ceil = p.round_mode == p.CEIL
+    oh, ow = caffe_rules.pool_out(h, kh, sh, ph, ceil), caffe_rules.pool_out(w, kw, sw, pw, ceil)
     return [[n, c, oh, ow] for _ in layer.top], None
 
 

@@ -14,7 +14,7 @@ from engine_support import SCRIPTS, require_engine, run_json
 
 def layer(name, kind, bottom=("data",), top=None, body=""):
     bottoms = "".join(f' bottom: "{b}"' for b in bottom)
-    tops = "".join(f' top: "{t}"' for t in (top or [name]))
+    tops = "".join(f' top: "{t}"' for t in (top if top is not None else [name]))
     return f'layer {{ name: "{name}" type: "{kind}"{bottoms}{tops} {body} }}\n'
 
 
@@ -46,6 +46,9 @@ CASES = {
                  {"p": [2, 3, 4, 4]}, 0),
     "pool_ave_pad": (net(layer("p", "Pooling", body="pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }")),
                      {"p": [2, 3, 5, 5]}, 0),
+    "pool_floor": (net(layer("p", "Pooling", body="pooling_param { pool: MAX kernel_size: 3 stride: 2 "
+                                                  "round_mode: FLOOR }")),
+                   {"p": [2, 3, 3, 3]}, 0),
     "pool_global": (net(layer("p", "Pooling", body="pooling_param { pool: AVE global_pooling: true }")),
                     {"p": [2, 3, 1, 1]}, 0),
     "unpooling": (net(layer("u", "Unpooling", body="unpooling_param { unpool: MAX kernel_size: 2 stride: 2 }")),
@@ -67,10 +70,16 @@ CASES = {
     "losses": (net(layer("l1", "SoftmaxWithLoss", bottom=("a", "label")),
                    layer("l2", "EuclideanLoss", bottom=("a", "b")),
                    layer("l3", "SigmoidCrossEntropyLoss", bottom=("a", "b")),
-                   layer("l4", "ContrastiveLoss", bottom=("a", "b", "sim")), **SCORES),
-               {"l1": [], "l2": [], "l3": [], "l4": []}, 0),
+                   layer("l4", "ContrastiveLoss", bottom=("a", "b", "sim")),
+                   layer("l5", "HingeLoss", bottom=("a", "label")),
+                   layer("l6", "MultinomialLogisticLoss", bottom=("a", "label")),
+                   layer("l7", "InfogainLoss", bottom=("a", "label", "h")), **SCORES, h=[5, 5]),
+               {"l1": [], "l2": [], "l3": [], "l4": [], "l5": [], "l6": [], "l7": []}, 0),
+    "silence": (net(layer("s", "Silence", top=[])), {"data": [2, 3, 8, 8]}, 0),
+    "prelu": (net(layer("x", "PReLU")), {"x": [2, 3, 8, 8]}, 3),
 }
-for kind in ("ReLU", "Sigmoid", "TanH", "Dropout", "LRN", "BatchNorm", "Softmax"):
+for kind in ("ReLU", "Sigmoid", "TanH", "Dropout", "LRN", "BatchNorm", "Softmax", "Power", "ELU", "AbsVal", "BNLL",
+             "Exp", "Log", "Threshold", "MVN"):
     CASES[kind.lower()] = (net(layer("x", kind)), {"x": [2, 3, 8, 8]}, 0)
 #: cases whose parameter message came with the whole Caffe 1.0 schema
 CASES["scale"] = (net(layer("x", "Scale", body="scale_param { bias_term: true }")), {"x": [2, 3, 8, 8]}, 3 + 3)
