@@ -25,9 +25,6 @@ from .specs import NETS
 
 #: layer types whose tops are the net's inputs
 TYPES = ("Input", "DummyData", "HDF5Data", "Data", "ImageData", "MemoryData", "WindowData")
-#: the layer parameter field each type reads, where that field must be in the schema
-PARAM_FIELD = {"ImageData": "image_data_param", "MemoryData": "memory_data_param",
-               "WindowData": "window_data_param", "DummyData": "dummy_data_param"}
 _PROJECT = re.compile(r"(%s)_d\d+" % "|".join(NETS))
 #: the MNIST layout of the project's own HDF5 files (caffe_cae.data); other tops are N
 MNIST = {"data": [1, 28, 28], "pair_data": [2, 28, 28]}
@@ -176,9 +173,6 @@ def _read(layer, batch, given, project):
 def input_shapes(at, layer, batch, given, project):
     """The shapes of an input layer's tops (see the module docstring); CaeError, prefixed
     with ``at`` (the file and layer), when one is unknown."""
-    field = PARAM_FIELD.get(layer.type)
-    if field and field not in layer.DESCRIPTOR.fields_by_name:
-        raise CaeError(f"{at}: type {layer.type!r} has no shape rule in caffe-cae inspect")
     if all(top in given for top in layer.top):
         return [given[top] for top in layer.top]
     try:

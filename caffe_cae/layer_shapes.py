@@ -3,9 +3,9 @@
 
 ``layer_shapes(net, layer)`` returns (tops, (weights, biases, term)) for a layer whose
 bottoms ``net`` (a :class:`Net`) already knows; data and Input layers are
-:mod:`caffe_cae.data_shapes`'s. A type without a rule here, or one whose parameter message
-the schema lacks, is refused by name (CaeError). Parameters are the trained ones (w + b):
-BatchNorm's mean and variance are statistics, counted 0.
+:mod:`caffe_cae.data_shapes`'s. A type without a rule here is refused by name (CaeError).
+Parameters are the trained ones (w + b): BatchNorm's mean and variance are statistics,
+counted 0.
 
 Standard library and the generated protobuf module only.
 """
@@ -20,8 +20,6 @@ PRESERVING = ("ReLU", "Sigmoid", "TanH", "Dropout", "LRN", "BatchNorm", "Softmax
 #: types whose tops are scalars (a loss, an accuracy)
 LOSSES = ("SoftmaxWithLoss", "SigmoidCrossEntropyLoss", "EuclideanLoss", "ContrastiveLoss", "HingeLoss",
           "InfogainLoss", "MultinomialLogisticLoss")
-#: the layer parameter field each type reads, where that field must be in the schema
-PARAM_FIELD = {"Scale": "scale_param"}
 
 
 def count(dims):
@@ -241,8 +239,7 @@ RULES.update({t: (lambda net, layer, bottoms: ([list(bottoms[0]) for _ in layer.
 def layer_shapes(net, layer):
     """(tops, (weights, biases, term)) of a layer that is not a data layer."""
     rule = RULES.get(layer.type)
-    field = PARAM_FIELD.get(layer.type)
-    if rule is None or (field and field not in layer.DESCRIPTOR.fields_by_name):
+    if rule is None:
         net.fail(layer, f"type {layer.type!r} has no shape rule in caffe-cae inspect")
     bottoms = [net.get(layer, b) for b in layer.bottom]
     if not bottoms and layer.type != "Silence":

@@ -194,8 +194,7 @@ def test_paper_figures_only_where_they_mean_something():
     assert siamese["compression"] is None and siamese["data_ratio"] == 139
 
 
-#: data layers whose shape is in the layer itself (their parameter messages came with the
-#: whole Caffe 1.0 schema): (layer text, data shape); the label is N
+#: data layers whose shape is in the layer itself: (layer text, data shape); the label is N
 SIZED = {
     "MemoryData": ('memory_data_param { batch_size: 4 channels: 2 height: 5 width: 6 }', [4, 2, 5, 6]),
     "ImageData": ('transform_param { crop_size: 8 } image_data_param { source: "x.txt" batch_size: 4 '

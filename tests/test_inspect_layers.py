@@ -81,7 +81,6 @@ CASES = {
 for kind in ("ReLU", "Sigmoid", "TanH", "Dropout", "LRN", "BatchNorm", "Softmax", "Power", "ELU", "AbsVal", "BNLL",
              "Exp", "Log", "Threshold", "MVN"):
     CASES[kind.lower()] = (net(layer("x", kind)), {"x": [2, 3, 8, 8]}, 0)
-#: cases whose parameter message came with the whole Caffe 1.0 schema
 CASES["scale"] = (net(layer("x", "Scale", body="scale_param { bias_term: true }")), {"x": [2, 3, 8, 8]}, 3 + 3)
 
 
