@@ -82,6 +82,8 @@ for kind in ("ReLU", "Sigmoid", "TanH", "Dropout", "LRN", "BatchNorm", "Softmax"
              "Exp", "Log", "Threshold", "MVN"):
     CASES[kind.lower()] = (net(layer("x", kind)), {"x": [2, 3, 8, 8]}, 0)
 CASES["scale"] = (net(layer("x", "Scale", body="scale_param { bias_term: true }")), {"x": [2, 3, 8, 8]}, 3 + 3)
+CASES["scale_by_bottom"] = (net(layer("x", "Scale", bottom=("data", "f"), body="scale_param { bias_term: true }"),
+                                data=[2, 3, 8, 8], f=[3]), {"x": [2, 3, 8, 8]}, 3)  # factors given, biases learnt
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
