@@ -56,16 +56,12 @@ def test_hdf5_shapes_from_the_file(hdf5_dir, monkeypatch):
     assert info["data_ratio"] is None and info["compression"] is None
 
 
-def test_hdf5_shapes_equal_real_caffe(hdf5_dir):
+def test_hdf5_shapes_equal_real_caffe(hdf5_dir, monkeypatch):
     eng = require_engine()
     report = run_json(eng, [eng.python, os.path.join(SCRIPTS, "shape_check.py"), "net.prototxt"], cwd=str(hdf5_dir))
     real = report["net.prototxt"]
-    cwd = os.getcwd()
-    try:
-        os.chdir(hdf5_dir)
-        info = inspect_net("net.prototxt")
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(hdf5_dir)
+    info = inspect_net("net.prototxt")
     assert info["blobs"] == {k: v for k, v in real["blobs"].items() if k in info["blobs"]}
     assert sum(sum(sizes) for sizes in real["params"].values()) == info["params"]
 
