@@ -107,10 +107,12 @@ def deconv_out(size, kernel, stride=1, pad=0, dilation=1):
     return stride * (size - 1) + dilation * (kernel - 1) + 1 - 2 * pad
 
 
-def pool_out(size, kernel, stride=1, pad=0):
-    """Pooling output along one axis: Caffe rounds up, then, with padding, drops a last
-    window that would start inside the padding (PoolingLayer::Reshape)."""
-    out = -(-(size + 2 * pad - kernel) // stride) + 1
+def pool_out(size, kernel, stride=1, pad=0, ceil=True):
+    """Pooling output along one axis: Caffe rounds up (down with the engine Caffe's
+    ``round_mode: FLOOR``), then, with padding, drops a last window that would start inside
+    the padding (PoolingLayer::Reshape)."""
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if ceil else span // stride) + 1
     if pad and (out - 1) * stride >= size + pad:
         out -= 1
     return out

@@ -1,7 +1,8 @@
 """Every file the package writes goes through here: atomic, and bad paths in one line.
 
 Atomic: a temporary file in the target's folder, then a rename, so a reader (or an
-interrupted writer) never sees half a file. An output path that cannot be written (its
+interrupted writer) never sees half a file. The file gets the mode ``open()`` would give it,
+0666 less the user's umask (``mkstemp`` alone makes it 0600). An output path that cannot be written (its
 folder is a file or cannot be made, it is a directory, the file system refuses) raises one
 CaeError naming the path and why; the CLI prints it as one line and exits 2.
 
@@ -69,6 +70,9 @@ def _make_temporary(path):
     except OSError as exc:
         raise CaeError("%s: cannot write here (%s)" % (path, _why(exc))) from None
     os.close(handle)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
     return tmp
 
 

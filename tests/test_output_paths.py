@@ -6,9 +6,12 @@ below a regular file. Each command's output goes through :mod:`caffe_cae.files`,
 place that makes that line; nothing may be left half-written. Root writes anywhere else, so
 these are the bad paths a test run as root can make.
 
-The train and extract cases run the torch backend (no engine needed; PyTorch required in CI).
+The mode tests run every writing command under an unusual umask: each written file gets
+0666 less it, as open() would give it. The train and extract cases run the torch backend
+(no engine needed; PyTorch required in CI).
 """
 import os
+import stat
 
 import pytest
 
@@ -126,3 +129,59 @@ def test_extract_over_a_directory(trained, name):
         assert not [n for n in os.listdir(trained) if n.startswith(".tmp-")]
     finally:
         os.rmdir(target)
+
+
+# --------------------------------------------------------------------------- file modes
+#: not the usual 022, so that a file written with any fixed mode shows
+UMASK = 0o027
+
+
+@pytest.fixture
+def umask():
+    """The writing commands run (as subprocesses, which inherit it) under UMASK."""
+    old = os.umask(UMASK)
+    yield 0o666 & ~UMASK
+    os.umask(old)
+
+
+def file_modes(*paths):
+    """{file: permission bits} of the files at or under ``paths``."""
+    found = [p for p in paths if os.path.isfile(p)]
+    found += [os.path.join(d, n) for p in paths if os.path.isdir(p) for d, _, names in os.walk(p) for n in names]
+    return {path: oct(stat.S_IMODE(os.stat(path).st_mode)) for path in found}
+
+
+def assert_umask(mode, *paths):
+    modes = file_modes(*paths)
+    assert modes and set(modes.values()) == {oct(mode)}, modes
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_modes_render(tmp_path, umask):
+    ok(cli("render", "--net", "model4", "--dim", "2", "--out", str(tmp_path / "one")))
+    ok(cli("render", "--paper-grid", "--out", str(tmp_path / "grid")))
+    assert_umask(umask, str(tmp_path))
+
+
+def test_modes_upgrade(tmp_path, good_legacy, umask):
+    ok(cli("upgrade", good_legacy, "-o", str(tmp_path / "new.prototxt")))
+    assert_umask(umask, str(tmp_path))
+
+
+def test_modes_data(tmp_path, umask):
+    ok(cli("data", "--mnist-dir", VENDORED, "--out", str(tmp_path / "hdf5")))
+    assert_umask(umask, str(tmp_path))
+
+
+def test_modes_train_extract_report_bench(tmp_path, tiny, umask):
+    require_torch()
+    run = str(tmp_path / "runs" / "model2")
+    ok(cli("train", "--backend", "torch", "--net", "model2", "--dim", "2", "--iters", "1", "--out", run, cwd=tiny))
+    ok(cli("extract", run, "--split", "test", cwd=tiny))
+    ok(cli("report", run, "--out", str(tmp_path / "report")))
+    ok(cli("bench", "--backend", "torch", "--no-harness", "--nets", "model1", "--warmup", "0", "--repeats", "1",
+           "--iters", "1", "--out", str(tmp_path / "bench.json")))
+    assert_umask(umask, str(tmp_path))
