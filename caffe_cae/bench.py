@@ -6,7 +6,11 @@
 - ``nets``: {net: {"ms": median wall ms per iteration, "ms_all": every repeat's, "cpu_ms":
   median CPU ms per iteration of the worker (all its threads), "dim", "batch"}} for ``solver.step`` (forward, backward and update of one batch of 100;
   the HDF5Data read included) at D = 10, after ``warmup`` iterations, ``repeats`` repeats of
-  ``iters`` iterations each; Caffe's own test passes and snapshots are off;
+  ``iters`` iterations each; Caffe's own test passes and snapshots are off; ``flops`` (one
+  iteration, :mod:`caffe_cae.flops`) and ``gflops``; with the torch backend also
+  ``peak_gflops`` (a float32 GEMM in the same process), ``peak_percent``, ``plain_ms`` and
+  ``plain_ratio`` (the net in plain PyTorch, Models 1-5 and the deep AE) and ``layers``
+  (per-layer forward and backward ms), see :mod:`caffe_cae.backends.torch_bench`;
 - ``harness``: {name: seconds}: render the paper's grid (both syntaxes), convert MNIST to
   HDF5 (full set, into the temporary directory), start a 1-iteration training run
   (engine start, solver set-up, a test pass of 1 + 100 batches, one snapshot), extract 10000 test codes from it (whole
@@ -31,10 +35,10 @@ from . import files, render, specs
 from .backends import resolve_backend
 from .errors import CaeError
 from .flops import iteration_flops
-
-PEAK_SIZE = 2048  # caffe_cae.backends.torch_bench.PEAK_SIZE (not imported: that module needs torch)
 from .rundir import ENGINE_LOG, engine_solver_text, git_info, host_info, now_iso
 from .train import RunSpec, train
+
+PEAK_SIZE = 2048  # caffe_cae.backends.torch_bench.PEAK_SIZE (not imported: that module needs torch)
 
 BENCH_DIM = 10
 
