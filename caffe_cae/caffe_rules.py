@@ -141,8 +141,14 @@ def input_layer(net):
         return None
     if len(net.input_shape) not in (0, len(net.input)):
         raise CaeError("net %s: %d input_shape for %d input" % (net.name, len(net.input_shape), len(net.input)))
+    if not len(net.input_shape) and not len(net.input_dim):
+        raise CaeError("net %s: input %s has no shape (give input_shape or 4 input_dim per input)"
+                       % (net.name, net.input[0]))
     if not len(net.input_shape) and len(net.input_dim) != 4 * len(net.input):
         raise CaeError("net %s: %d input_dim for %d input (4 each)" % (net.name, len(net.input_dim), len(net.input)))
+    if len(net.input_shape) and len(net.input_dim) and \
+            [d for s in net.input_shape for d in s.dim] != list(net.input_dim):
+        raise CaeError("net %s: input_shape and input_dim disagree (Caffe keeps input_shape only)" % net.name)
     layer = pb.LayerParameter(name="input", type="Input")
     for i, name in enumerate(net.input):
         layer.top.append(name)

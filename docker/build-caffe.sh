@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Build BVLC Caffe 1.0 (Debian's `caffe` source package, upstream commit 99bd997) with the
-# caffe-cae Unpooling layer, install it and smoke-test it. The one recipe behind
-# docker/Dockerfile.cpu, docker/Dockerfile.gpu and `caffe-cae engine build` (a Debian
-# bullseye root file system).
+# caffe-cae Unpooling layer, install it and smoke-test it. Configured as Debian builds its caffe
+# package (LMDB, LevelDB and OpenCV on: Caffe's Data, ImageData and WindowData layers and the
+# examples' tools such as convert_mnist_data, installed into $PREFIX/bin), CPU_ONLY or CUDA.
+# The one build of the engine: `caffe-cae engine build` runs it in a Debian bullseye root file
+# system, and the images are made from that file system (docker/Dockerfile runs it itself only
+# where no root file system can be made).
 #
 # Usage: build-caffe.sh [--gpu] RECIPE_DIR
-#   RECIPE_DIR holds this script, patch-caffe.py, unpooling/ and caffe_cae.proto.
+#   RECIPE_DIR holds this script, patch-caffe.py, unpooling/ and caffe_cae.proto (the schema's
+#   Unpooling part).
 # Environment: CAFFE_PREFIX (install prefix, default /opt/caffe), CAFFE_SRC (work
 #   directory, default /usr/src/caffe-cae), JOBS (make -j, default 2),
 #   CUDA_ARCH_BIN (GPU only, default "60 61 70 75 80 86 89 90").
@@ -49,7 +53,9 @@ apt-get install -y -qq --no-install-recommends \
   libboost-system-dev libboost-thread-dev libboost-filesystem-dev libboost-python-dev \
   libgflags-dev libgoogle-glog-dev libhdf5-dev libprotobuf-dev protobuf-compiler \
   libopenblas-dev python3 python3-dev python3-numpy python3-skimage python3-protobuf \
-  python3-h5py > /dev/null
+  python3-h5py \
+  liblmdb-dev libleveldb-dev libsnappy-dev \
+  libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libopencv-highgui-dev > /dev/null
 
 stage "2/7 source: apt-get source caffe"
 rm -rf "$WORK"
@@ -77,7 +83,7 @@ cd "$WORK/build"
 cmake "$SRC" -DCMAKE_BUILD_TYPE=Release "-DCMAKE_INSTALL_PREFIX=$PREFIX" \
   -DBLAS=Generic -DBUILD_SHARED_LIBS=ON -DBUILD_docs=OFF -DBUILD_matlab=OFF \
   -DBUILD_python=ON -DBUILD_python_layer=ON -Dpython_version=3 \
-  -DUSE_OPENCV=OFF -DUSE_LEVELDB=OFF -DUSE_LMDB=OFF "${DEVICE_FLAGS[@]}" > cmake.log \
+  -DUSE_OPENCV=ON -DUSE_LEVELDB=ON -DUSE_LMDB=ON -DALLOW_LMDB_NOLOCK=OFF "${DEVICE_FLAGS[@]}" > cmake.log \
   || { tail -n 40 cmake.log >&2; exit 1; }
 
 stage "5/7 compile (make -j$JOBS) and install into $PREFIX"
@@ -137,6 +143,13 @@ grep -q 'type: "Unpooling"' "$SMOKE/modern.prototxt"
 grep -q 'unpool_size: 24' "$SMOKE/modern.prototxt"
 rm -rf "$SMOKE"
 echo "[engine] upgrade_net_proto_text OK: V1 UNPOOLING -> \"Unpooling\""
+GLOG_minloglevel=2 python3 -c '
+import caffe
+missing = {"Data", "ImageData", "WindowData"} - set(caffe.layer_type_list())
+assert not missing, "not built: %s" % sorted(missing)
+'
+test -x "$PREFIX/bin/convert_mnist_data" && test -x "$PREFIX/bin/convert_imageset"
+echo "[engine] data layers OK: Data (LMDB, LevelDB), ImageData, WindowData; convert_mnist_data, convert_imageset"
 # Keep the patched source (headers for compile checks); drop the object files.
 find "$WORK/build" -name '*.o' -delete
 stage "done: Caffe with Unpooling in $PREFIX"

@@ -152,11 +152,28 @@ def test_makefile_steps_in_the_image_on_a_mounted_checkout(eng, tmp_path):
             assert a.read() == b.read(), rel
 
 
+ENGINE_FILES = ("/opt/caffe/lib/libcaffe.so.1.0.0", "/opt/caffe/bin/caffe",
+                "/opt/caffe/lib/python3/dist-packages/caffe/_caffe.so")
+
+
+def test_image_engine_is_the_rootfs_engine(eng, rootfs):
+    """Where the rootfs engine can be built (here), the image is made from its file system: Caffe is
+    compiled once, and the image's library and tools are the rootfs engine's, byte for byte."""
+    base = docker_lib.engine_base()
+    assert base == "%s:%s" % (docker_lib.ENGINE_IMAGE, os.path.basename(rootfs.location))
+    proc = docker_run(eng.location, "sha256sum", *ENGINE_FILES)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    here = subprocess.run(["sha256sum"] + [os.path.join(rootfs.location, "rootfs") + p for p in ENGINE_FILES],
+                          stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == [line.split()[0] for line in here.splitlines()]
+
+
 def test_image_is_cached_by_recipe_hash(eng):
     """make docker builds when the image's label is not the recipe hash (here: a harness changed since
     the image was built; only the harness layers are rebuilt), and then does not build."""
     docker_lib.build_image(log=open(os.devnull, "w"))
     assert docker_lib.image_label(docker_lib.docker_host(), eng.location) == docker_lib.image_hash()
+    assert docker_lib.image_hash() != docker_lib.image_hash(base=None)  # compiled in the image: another image
     start = time.time()
     assert docker_lib.build_image(log=open(os.devnull, "w")).location == eng.location
     assert time.time() - start < 30, "a cached image must not be rebuilt"

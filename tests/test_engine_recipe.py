@@ -91,6 +91,19 @@ def test_patch_takes_numbers_from_schema_and_is_idempotent(tmp_path):
     assert read(os.path.join(src, "src/caffe/proto/caffe.proto")) == proto
 
 
+def test_patch_builds_from_the_recipe_fragment_of_the_schema(tmp_path):
+    """The engine is built from the schema's fragment (recipe_contents), which the patch accepts as it
+    accepts the whole schema: the same patched caffe.proto."""
+    fragment = str(tmp_path / "fragment.proto")
+    with open(fragment, "wb") as f:
+        f.write(engine.recipe_contents()["caffe_cae/proto/caffe_cae.proto"])
+    whole, part = fake_tree(str(tmp_path / "whole")), fake_tree(str(tmp_path / "part"))
+    assert patch(whole).returncode == 0 and patch(part, fragment).returncode == 0
+    proto = "src/caffe/proto/caffe.proto"
+    assert read(os.path.join(part, proto)) == read(os.path.join(whole, proto))
+    assert "UNPOOLING = 42;" in read(os.path.join(part, proto))
+
+
 def test_patch_follows_a_changed_schema_number(tmp_path):
     schema = str(tmp_path / "schema.proto")
     text = read(SCHEMA)
@@ -135,8 +148,14 @@ def test_recipe_hash_covers_schema_and_layer(tmp_path, monkeypatch):
     with open(os.path.join(copy, "docker/cuda-toolkit.sh"), "a") as f:
         f.write("\n")
     assert engine.recipe_hash() == first and engine.recipe_hash(gpu=True) != gpu  # GPU-only file
-    with open(os.path.join(copy, "proto/caffe_cae.proto"), "a") as f:
-        f.write("\n// changed\n")
+    schema = os.path.join(copy, "proto/caffe_cae.proto")
+    with open(schema, "a") as f:  # the schema beyond Unpooling is not the engine's: no rebuild
+        f.write("\n// changed\nmessage SomeOtherParameter {\n  optional uint32 x = 1;\n}\n")
+    assert engine.recipe_hash() == first
+    with open(schema) as f:
+        text = f.read()
+    with open(schema, "w") as f:  # an Unpooling field number is
+        f.write(text.replace("unpooling_param = 150;", "unpooling_param = 151;"))
     second = engine.recipe_hash()
     assert second != first
     with open(os.path.join(copy, "docker/unpooling/unpooling_layer.cpp"), "a") as f:
@@ -251,10 +270,11 @@ def test_shellcheck():
 
 
 def test_one_dockerfile_for_both_images():
-    """docker/Dockerfile: debian:bullseye for the CPU and the GPU image (no nvidia/cuda base), the
-    engine built by the rootfs engine's scripts, GPU=1 adding Debian's CUDA."""
+    """docker/Dockerfile: one base argument, debian:bullseye by default (no nvidia/cuda base) or a rootfs
+    engine's file system; the engine built by the rootfs engine's scripts, GPU=1 adding Debian's CUDA."""
     text = read(os.path.join(REPO_ROOT, "docker", "Dockerfile"))
-    assert [line for line in text.splitlines() if line.startswith("FROM ")] == ["FROM debian:bullseye"]
+    assert [line for line in text.splitlines() if line.startswith("FROM ")] == ["FROM ${BASE}"]
+    assert "ARG BASE=debian:bullseye" in text.splitlines()
     assert "nvidia/cuda" not in text.replace("an nvidia/cuda base", "")
     assert "bash /opt/caffe-cae/recipe/cuda-toolkit.sh" in text and "build-caffe.sh --gpu" in text and 'ARG CUDA_ARCH_BIN="%s"' % engine.GPU_ARCHS \
         in text
@@ -324,3 +344,8 @@ def test_docker_context_is_the_recipe_and_the_harness():
     assert len({cpu, engine.image_hash(True), engine.image_hash(True, "86")}) == 3
     changed = dict(engine.docker.image_context(), **{"harness/caffe_cae/paper.py": b"changed"})
     assert engine.image_hash(context=changed) != cpu
+    # the engine's origin is part of the image: compiled in it, or a rootfs engine's file system
+    assert engine.docker.build_args(base=None)["ENGINE"] == "build"
+    assert engine.docker.build_args(base="caffe-cae-engine:x")["BASE"] == "caffe-cae-engine:x"
+    assert len({engine.image_hash(base=None), engine.image_hash(base="caffe-cae-engine:x"),
+                engine.image_hash(base="caffe-cae-engine:y")}) == 3

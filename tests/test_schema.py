@@ -1,6 +1,7 @@
 """Strict parsing of every generated file against the project's schema."""
 import glob
 import os
+import struct
 
 import pytest
 
@@ -181,3 +182,57 @@ def test_fork_module_matches_proto_file():
         assert f"message {message.name} {{" in text
         for field in message.field:
             assert f" {field.name} = {field.number}" in text, (message.name, field.name)
+
+
+# ----------------------------------------------------------------------------- the whole Caffe schema
+
+def _facts(file_proto):
+    """{path: facts} of every message, field and enum value of a FileDescriptorProto."""
+    facts = {}
+
+    def enums(owner, prefix):
+        for enum in owner.enum_type:
+            for value in enum.value:
+                facts["%s%s.%s" % (prefix, enum.name, value.name)] = value.number
+
+    def message(msg, prefix):
+        name = prefix + msg.name
+        facts[name] = "message"
+        for f in msg.field:
+            default = f.default_value
+            if f.type == f.TYPE_FLOAT and default:  # protoc versions print float defaults apart
+                default = struct.unpack("f", struct.pack("f", float(default)))[0]
+            facts["%s.%s" % (name, f.name)] = (f.number, f.label, f.type, f.type_name.rsplit(".", 1)[-1],
+                                                default, f.options.packed)
+        enums(msg, name + ".")
+        for nested in msg.nested_type:
+            message(nested, name + ".")
+
+    for msg in file_proto.message_type:
+        message(msg, "")
+    enums(file_proto, "")
+    return facts
+
+
+def test_schema_covers_the_engines_caffe_proto(tmp_path):
+    """Every message, field (number, label, type, default, packing) and enum value of the
+    engine's caffe.proto (BVLC 1.0 + the Unpooling patch) is in caffe_cae.proto, the same."""
+    from google.protobuf import descriptor_pb2
+
+    from engine_support import require_engine
+    eng = require_engine()
+    out = tmp_path / "caffe.pb"
+    proc = eng.run([eng.python, "-c", "from caffe.proto import caffe_pb2; "
+                    "open(%r, 'wb').write(caffe_pb2.DESCRIPTOR.serialized_pb)" % str(out)], cwd=str(tmp_path))
+    assert proc.returncode == 0 and out.exists()
+    theirs = descriptor_pb2.FileDescriptorProto.FromString(out.read_bytes())
+    ours = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(ours)
+    caffe, mine = _facts(theirs), _facts(ours)
+    assert len(caffe) > 600 and caffe["V1LayerParameter.layer"][0] == 1
+    assert {k: v for k, v in caffe.items() if mine.get(k) != v} == {}
+    # Beyond Caffe: only Noh's batch normalization.
+    assert sorted(k for k in mine if k not in caffe) == [
+        "BNParameter", "BNParameter.BNMode.INFERENCE", "BNParameter.BNMode.LEARN", "BNParameter.bn_mode",
+        "BNParameter.scale_filler", "BNParameter.shift_filler", "V1LayerParameter.LayerType.BN",
+        "V1LayerParameter.bn_param"]

@@ -1,14 +1,27 @@
-"""caffe-cae upgrade: legacy V1 nets to modern syntax, with the paper's Reshape fix."""
+"""caffe-cae upgrade: any Caffe net to modern syntax, as Caffe 1.0 upgrades it, with the
+paper's Reshape fix."""
 import click
 
+from ..errors import CaeError
 from ..files import write_text
-from ..schema import parse_net, to_text
-from ..upgrade import upgrade
+from ..schema import NetParameter, parse_text, to_text
+from ..upgrade import ignored_fields, upgrade
 from .options import run_guarded
 
 
 def _upgrade(file, out):
-    text = to_text(upgrade(parse_net(file)))
+    # The project's schema only: any net Caffe 1.0 reads (V0 and V1 included) is accepted,
+    # not only what the paper's 2015 fork reads.
+    net = parse_text(file, NetParameter)
+    if not net.ListFields():
+        raise CaeError("%s: no net in the file (expected a NetParameter with layers)" % file)
+    try:
+        modern = upgrade(net)
+    except CaeError as exc:
+        raise CaeError("%s: %s" % (file, exc)) from None
+    for warning in ignored_fields(modern):
+        click.echo("%s: warning: %s" % (file, warning), err=True)
+    text = to_text(modern)
     if out:
         write_text(out, text)
     else:
@@ -19,5 +32,6 @@ def _upgrade(file, out):
 @click.argument("file", type=click.Path())
 @click.option("-o", "--out", type=click.Path(), help="Write here instead of standard output.")
 def cli(file, out):
-    """Convert FILE (V1 `layers {}`, UNPOOLING included) to modern `layer {}` syntax."""
+    """Convert the Caffe net FILE (V0, V1 `layers {}` with UNPOOLING, or modern) to modern
+    `layer {}` syntax, as Caffe 1.0's upgrade does, plus the Reshape fix."""
     run_guarded(_upgrade, file, out)

@@ -31,10 +31,14 @@ from ..errors import CaeError
 from .base import Engine, engine_pythonpath, inside_env, package_bind, visible_paths
 from .gpu import host_has_gpu
 from .recipe import (CAFFE_PYTHON_DIR, GPU_ARCHS, SUITE, VARIANT, cache_root, debian_mirror, digest,
-                     recipe_contents, recipe_in_engine)
+                     engine_dir, recipe_contents, recipe_in_engine)
+from .rootfs import build_rootfs
 
 IMAGES = {False: "caffe-cae:cpu", True: "caffe-cae:gpu"}
 BASE_IMAGE = "debian:" + SUITE
+#: A rootfs engine's file system as an image (tagged with the engine's directory name), the base of
+#: the caffe-cae images where the rootfs engine can be built.
+ENGINE_IMAGE = "caffe-cae-engine"
 LABEL = "org.caffe-cae.recipe"
 #: The GPU image's compute capabilities (space-separated; the PTX is the last one's).
 ARCHS_LABEL = "org.caffe-cae.archs"
@@ -120,17 +124,29 @@ def download_wheels(dest):
                        % (proc.stdout.strip().splitlines() or ["no output"])[-1])
 
 
-def build_args(gpu=False, archs=None):
-    return {"GPU": "1" if gpu else "0", "CUDA_ARCH_BIN": " ".join((archs or GPU_ARCHS).split())}
+def engine_base(gpu=False, archs=None):
+    """The base image holding the rootfs engine of the current recipe (caffe-cae-engine:<its recipe
+    hash>), where this host can build rootfs engines (root, debootstrap, bwrap); else None: the
+    image compiles the engine itself from debian:bullseye (docker/Dockerfile, ENGINE=build)."""
+    if os.geteuid() != 0 or not shutil.which("debootstrap") or not shutil.which("bwrap"):
+        return None
+    return "%s:%s" % (ENGINE_IMAGE, os.path.basename(engine_dir(gpu, archs=archs)))
 
 
-def image_hash(gpu=False, archs=None, context=None):
-    """The image's recipe hash: Dockerfile, build arguments, every file of the context."""
+def build_args(gpu=False, archs=None, base=None):
+    return {"GPU": "1" if gpu else "0", "CUDA_ARCH_BIN": " ".join((archs or GPU_ARCHS).split()),
+            "BASE": base or BASE_IMAGE, "ENGINE": "prebuilt" if base else "build"}
+
+
+def image_hash(gpu=False, archs=None, context=None, base="auto"):
+    """The image's recipe hash: Dockerfile, build arguments (the base: the rootfs engine's recipe, as
+    engine_base chooses unless given; None: compiled in the image), every file of the context."""
+    base = engine_base(gpu, archs) if base == "auto" else base
     with open(dockerfile(), "rb") as f:
         files = {"Dockerfile": f.read()}
     for key, value in (context or image_context()).items():
         files[key] = value if isinstance(value, bytes) else ("\0link\0" + value[1]).encode()
-    args = "".join("%s=%s\n" % kv for kv in sorted(build_args(gpu, archs).items()))
+    args = "".join("%s=%s\n" % kv for kv in sorted(build_args(gpu, archs, base).items()))
     return digest(("caffe-cae image %s %s\n%s" % (SUITE, VARIANT, args), files))
 
 
@@ -233,12 +249,7 @@ def ensure_base(host, log=sys.stderr):
                                                                     proc.stdout.strip().splitlines()[-1:]))
         for deb in glob.glob(os.path.join(root, "var", "cache", "apt", "archives", "*.deb")):
             os.unlink(deb)  # what debootstrap downloaded (apt-get clean)
-        tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
-        imported = docker(host, "import", "-", BASE_IMAGE, stdin=tar.stdout, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, universal_newlines=True)
-        tar.stdout.close()
-        if tar.wait() != 0 or imported.returncode != 0:
-            raise CaeError("docker import %s failed: %s" % (BASE_IMAGE, imported.stderr.strip()[-300:]))
+        import_rootfs(host, root, BASE_IMAGE)
 
 
 def _write_context(ctx, root):
@@ -266,22 +277,46 @@ def build_image(gpu=False, archs=None, force=False, log=sys.stderr):
     host = docker_host()
     image = default_image(gpu)
     ctx = image_context()
-    want = image_hash(gpu, archs, ctx)
+    base = engine_base(gpu, archs)
+    want = image_hash(gpu, archs, ctx, base)
     if image_label(host, image) == want and not force:
         return DockerEngine(image, host, gpu)
     os.makedirs(cache_root(), exist_ok=True)
     with open(os.path.join(cache_root(), ".image-build.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; a build that waited may find it made
         if image_label(host, image) != want or force:
-            _build(host, image, gpu, archs, ctx, want, log)
+            _build(host, image, gpu, archs, ctx, want, base, log)
     return DockerEngine(image, host, gpu)
 
 
-def _build(host, image, gpu, archs, ctx, want, log):
-    ensure_base(host, log)
+def import_rootfs(host, root, tag):
+    """``docker import`` of the file system ``root`` as the image ``tag``."""
+    tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
+    imported = docker(host, "import", "-", tag, stdin=tar.stdout, stdout=subprocess.DEVNULL,
+                      stderr=subprocess.PIPE, universal_newlines=True)
+    tar.stdout.close()
+    if tar.wait() != 0 or imported.returncode != 0:
+        raise CaeError("docker import %s failed: %s" % (tag, imported.stderr.strip()[-300:]))
+
+
+def ensure_engine_base(host, base, gpu, archs, log=sys.stderr):
+    """The image ``base``: the rootfs engine (built when missing) imported once."""
+    if image_label(host, base) is not None:
+        return
+    eng = build_rootfs(gpu, log=log, archs=archs)
+    print("[engine] docker import of the rootfs engine %s as %s" % (eng.location, base), file=log, flush=True)
+    import_rootfs(host, os.path.join(eng.location, "rootfs"), base)
+
+
+def _build(host, image, gpu, archs, ctx, want, base, log):
+    if base:
+        ensure_engine_base(host, base, gpu, archs, log)
+    else:
+        ensure_base(host, log)
     start = time.time()
-    print("[engine] docker build %s (recipe %s%s)" % (image, want, ", sm " + build_args(gpu, archs)["CUDA_ARCH_BIN"]
-                                                        if gpu else ""), file=log, flush=True)
+    print("[engine] docker build %s (recipe %s%s, engine %s)" % (
+        image, want, ", sm " + build_args(gpu, archs)["CUDA_ARCH_BIN"] if gpu else "",
+        "from " + base if base else "compiled in the image"), file=log, flush=True)
     with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
         _write_context(ctx, tmp)
         print("[engine] pip download of the harness's packages for Python %s" % IMAGE_PYTHON, file=log, flush=True)
@@ -289,7 +324,7 @@ def _build(host, image, gpu, archs, ctx, want, log):
         argv = ["build", "--label", "%s=%s" % (LABEL, want), "-t", image]
         if gpu:
             argv += ["--label", "%s=%s" % (ARCHS_LABEL, build_args(gpu, archs)["CUDA_ARCH_BIN"])]
-        for kv in sorted(build_args(gpu, archs).items()):
+        for kv in sorted(build_args(gpu, archs, base).items()):
             argv += ["--build-arg", "%s=%s" % kv]
         proc = subprocess.Popen(docker_argv(host) + argv + [tmp], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 universal_newlines=True, errors="replace")

@@ -2,6 +2,7 @@
 images), the cache directory, and the Debian mirror the recipe is built from."""
 import glob
 import hashlib
+import importlib.util
 import os
 import re
 
@@ -20,6 +21,8 @@ RECIPE_IN_ROOTFS = "/opt/caffe-cae/recipe"
 #: Pascal; the PTX of the last is compiled at load by newer GPUs (Hopper).
 GPU_ARCHS = "60 61 70 75 80 86"
 GPU_ONLY_FILES = ("docker/cuda-toolkit.sh",)
+#: The project's schema: the engine takes only its Unpooling definitions (see schema_fragment).
+SCHEMA = "caffe_cae/proto/caffe_cae.proto"
 
 
 def recipe_path(rel):
@@ -40,7 +43,8 @@ def recipe_files(gpu=False):
 
 
 def recipe_contents(gpu=False):
-    """{repository-relative path: bytes} of the recipe files, read once."""
+    """{repository-relative path: bytes} of the recipe files, read once; the schema's entry is its
+    fragment (schema_fragment), so what is hashed is what the build reads."""
     out = {}
     for rel in recipe_files(gpu):
         path = recipe_path(rel)
@@ -49,7 +53,28 @@ def recipe_contents(gpu=False):
                 out[rel] = f.read()
         except OSError as exc:
             raise CaeError("%s: cannot read engine recipe file (%s)" % (path, exc.strerror))
+    out[SCHEMA] = schema_fragment(recipe_path(SCHEMA))
     return out
+
+
+def schema_fragment(path):
+    """The part of the project's schema that the engine is built from: the UnpoolingParameter message
+    and the numbers of its fields and V1 enum value, as docker/patch-caffe.py reads them (its own
+    schema_facts, loaded from the recipe), written back as a small proto file that script accepts.
+    So the rest of the schema (every other Caffe message) can grow without rebuilding the engine."""
+    spec = importlib.util.spec_from_file_location("patch_caffe", recipe_path("docker/patch-caffe.py"))
+    patch_caffe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(patch_caffe)
+    try:
+        facts = patch_caffe.schema_facts(path)
+    except SystemExit as exc:  # the script's one-line refusal
+        raise CaeError(str(exc.code))
+    text = ("// The engine's part of %s (caffe-cae engine recipe).\n%s\n"
+            "message LayerParameter {\n  optional UnpoolingParameter unpooling_param = %d;\n}\n"
+            "message V1LayerParameter {\n  enum LayerType {\n    UNPOOLING = %d;\n  }\n"
+            "  optional UnpoolingParameter unpooling_param = %d;\n}\n"
+            % (SCHEMA, facts["message"], facts["modern"], facts["v1_enum"], facts["v1"]))
+    return text.encode()
 
 
 def recipe_in_engine(rel):
