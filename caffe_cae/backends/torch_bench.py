@@ -26,15 +26,19 @@ def _median(values):
     return values[len(values) // 2] if values else None
 
 
-def gemm_gflops(torch, device, sync, size=PEAK_SIZE, state={}):
-    """GFLOP/s of one ``size`` x ``size`` float32 matrix product (the inputs are kept between calls)."""
+#: (device, size) -> the GEMM's operands and output, made once
+_OPERANDS = {}
+
+
+def gemm_gflops(torch, device, sync, size=PEAK_SIZE):
+    """GFLOP/s of one ``size`` x ``size`` float32 matrix product (operands kept between calls)."""
     key = (str(device), size)
-    if key not in state:
+    if key not in _OPERANDS:
         gen = torch.Generator().manual_seed(0)
         a, b = (torch.rand(size, size, generator=gen).to(device) for _ in range(2))
-        state[key] = (a, b, torch.empty(size, size, device=device))
-        torch.mm(a, b, out=state[key][2])  # warm-up
-    a, b, c = state[key]
+        _OPERANDS[key] = (a, b, torch.empty(size, size, device=device))
+        torch.mm(a, b, out=_OPERANDS[key][2])  # warm-up
+    a, b, c = _OPERANDS[key]
     sync()
     t = time.perf_counter()
     torch.mm(a, b, out=c)
