@@ -48,12 +48,20 @@ def keyed(values):
 
 
 def mean(sums, count):
-    return {k: v / count for k, v in sums.items()} if count else {}
+    return {k: float(v) / count for k, v in sums.items()} if count else {}
 
 
 def add(sums, values):
-    for key, value in values.items():
+    """Add {loss top: value} into {log key: sum}. The values may be host floats or a device's
+    float64 scalars (the torch adapter's): the sums then stay on the device, in the same
+    float64 additions as host floats, and are read at display and snapshot points only."""
+    for top, value in values.items():
+        key = loss_key(top)
         sums[key] = sums.get(key, 0.0) + value
+
+
+def floats(sums):
+    return {k: float(v) for k, v in sums.items()}
 
 
 class StopFlag:
@@ -125,8 +133,14 @@ class Adapter:
         raise NotImplementedError
 
     def losses(self):
-        """Per run, {loss top: value} of the last step's (last) forward pass."""
+        """Per run, {loss top: value} of the last step's (last) forward pass: floats, or
+        float64 scalars of a device (summed there, read with ``float()`` when shown)."""
         raise NotImplementedError
+
+    def nonfinite(self):
+        """The runs whose last step has a non-finite loss (the one check read every iteration)."""
+        return [k for k, values in enumerate(self.losses())
+                if not all(math.isfinite(v) for v in keyed(values).values())]
 
     def test(self, index, batches):
         """Per run, {loss top: mean} of test net ``index`` over ``batches`` passes."""
@@ -220,16 +234,15 @@ def run_schedule(adapter, job, stop=None):
     failures = {}
 
     def before_update():
-        for k, values in enumerate(adapter.losses()):
-            values = keyed(values)
-            if k in alive and not all(math.isfinite(v) for v in values.values()):
+        for k in adapter.nonfinite():
+            if k in alive:
                 found, bad = adapter.first_nonfinite(k)
-                failures[k] = dict(iter=adapter.iter + 1, loss=values, first=found, params=bad)
+                failures[k] = dict(iter=adapter.iter + 1, loss=keyed(adapter.losses()[k]), first=found, params=bad)
         return len(failures) < len(alive)
 
     def snapshot(k):
         model, state = adapter.snapshot(k, jobs[k]["snapshot_prefix"])
-        send("snapshot", k, iter=adapter.iter, caffemodel=model, solverstate=state, train_sum=sums[k],
+        send("snapshot", k, iter=adapter.iter, caffemodel=model, solverstate=state, train_sum=floats(sums[k]),
              train_count=count[k], test_passes=passes[k])
 
     last_snapshot = adapter.iter if resume else -1
@@ -246,14 +259,14 @@ def run_schedule(adapter, job, stop=None):
         if not alive:
             break
         it = adapter.iter
-        values = [keyed(v) for v in adapter.losses()]
+        values = adapter.losses()
         now = time.time()
         show = now - last_progress >= PROGRESS_EVERY or it == max_iter
         for k in alive:
             add(sums[k], values[k])
             count[k] += 1
             if show:
-                send("progress", k, iter=it, loss=values[k], time=now)
+                send("progress", k, iter=it, loss=keyed(values[k]), time=now)
             if it % display == 0 or it == max_iter:
                 send("log", k, iter=it, phase="train", loss=mean(sums[k], count[k]))
                 sums[k], count[k] = {}, 0

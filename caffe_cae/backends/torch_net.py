@@ -221,12 +221,12 @@ class TorchNet:
 
     def forward_backward(self):
         """Forward with autograd, then backward of the weighted loss into ``.grad`` (accumulating).
-        Returns (blobs, total loss as a float)."""
+        Returns (blobs, total loss as a detached scalar tensor on the net's device)."""
         blobs, total = self.forward()
         if total is None:
             raise CaeError("net %s: no loss top to train on" % self.name)
         total.backward()
-        return blobs, float(total.detach())
+        return blobs, total.detach()
 
     def zero_grad(self):
         for t in self.learnable:

@@ -7,7 +7,8 @@ test net per ``test_state`` (phase TEST) sharing the train net's parameter blobs
 
 - clear the diffs; ``iter_size`` forward/backward passes accumulate them; ``loss`` is the
   mean of the passes' weighted losses (Caffe's step loss), ``losses`` the loss tops of the
-  last pass (what Caffe's ``net.blobs`` show after the step);
+  last pass (what Caffe's ``net.blobs`` show after the step), both read from the device on
+  access (``loss_tensors``: the tops as device scalars, no synchronisation);
 - ``ApplyUpdate``: learning rate from ``lr_policy`` (fixed, step, exp, inv, multistep,
   poly, sigmoid, computed as Caffe does, in float32), gradient clipping
   (``clip_gradients``), then per learnable blob: scale the diff by 1/iter_size, add
@@ -109,13 +110,25 @@ class TorchSolver:
         self.iter = 0
         self.current_step = 0
         self.history = [torch.zeros_like(t, requires_grad=False) for t in self.net.learnable]
-        self.losses = {}
-        self.loss = None
+        self.loss_tensors = {}
+        self._loss = None
+
+    @property
+    def losses(self):
+        """{loss top: float} of the last pass (read from the device: a synchronisation)."""
+        return {top: float(v) for top, v in self.loss_tensors.items()}
+
+    @property
+    def loss(self):
+        """The last step's loss as a float (read from the device), None before the first step."""
+        return None if self._loss is None else float(self._loss) / max(1, int(self.sp.iter_size))
 
     # one iteration ------------------------------------------------------------
     def step(self, n=1, on_gradients=None):
-        """Run ``n`` iterations. ``on_gradients(solver, blobs, loss)`` is called after the
-        backward passes and before the update; returning False skips the update and stops."""
+        """Run ``n`` iterations. ``on_gradients(solver, blobs)`` is called after the backward
+        passes and before the update; returning False skips the update and stops. Nothing is
+        read back from the device here: ``loss_tensors`` holds the loss tops of the last pass
+        as float64 scalars on the device (``losses`` and ``loss`` read them)."""
         net, sp = self.net, self.sp
         size = max(1, int(sp.iter_size))
         for _ in range(n):
@@ -123,10 +136,10 @@ class TorchSolver:
             total = 0.0
             for _ in range(size):
                 blobs, loss = net.forward_backward()
-                total += loss
-            self.loss = total / size
-            self.losses = {top: float(blobs[top].detach()) for top in net.losses}
-            if on_gradients is not None and on_gradients(self, blobs, self.loss) is False:
+                total = total + loss.double()
+            self._loss = total
+            self.loss_tensors = {top: blobs[top].detach().double() for top in net.losses}
+            if on_gradients is not None and on_gradients(self, blobs) is False:
                 return False
             self.apply_update()
         return True

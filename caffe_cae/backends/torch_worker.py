@@ -90,7 +90,11 @@ class TorchAdapter(Adapter):
         self.solver.step(1, on_gradients=lambda *_: before_update())
 
     def losses(self):
-        return [self.solver.losses]
+        return [self.solver.loss_tensors]
+
+    def nonfinite(self):
+        values = list(self.solver.loss_tensors.values())
+        return [] if not values or bool(self.torch.isfinite(self.torch.stack(values)).all()) else [0]
 
     def test(self, index, batches):
         return [self.solver.test(index, batches)]
