@@ -5,7 +5,7 @@
   ``_CaffeConv`` (convolution and deconvolution, im2col or oneDNN per product, see there),
   ``_MaxPool`` (Caffe's first-maximum rule, channels-last on the CPU), ``_CaffeSigmoid``
   (``0.5 * tanh(0.5 * x) + 0.5``), ``_SCELoss`` (SigmoidCrossEntropyLoss, sequential float32
-  sum) and ``_ContrastiveLoss`` (with Caffe's 1e-4 in the distance);
+  sum on the CPU as Caffe's CPU layer, a device reduction elsewhere as its GPU layer) and ``_ContrastiveLoss`` (with Caffe's 1e-4 in the distance);
 * ``unpool_topleft`` / ``unpool_spread``: the index and matrix of the engine's Unpooling.
 
 PyTorch is imported here (``import_torch``); the rest of the package works without it.
@@ -79,23 +79,29 @@ class _SCELoss(torch.autograd.Function):
         pos = (x >= 0).to(x.dtype)
         terms = x * (t - pos) - torch.log(1 + torch.exp(x - 2 * x * pos))
         count = x.numel()
+        host = x.device.type == "cpu"
         if valid is not None:
             terms = terms * valid
-            n_valid = int(valid.sum().item())
+            n_valid = valid.sum()
+            n_valid = float(n_valid) if host else n_valid.clamp(min=1.0)
         else:
             n_valid = count
         outer = x.shape[0]
         norm = {pb.LossParameter.FULL: count, pb.LossParameter.VALID: n_valid,
                 pb.LossParameter.BATCH_SIZE: outer, pb.LossParameter.NONE: 1}[normalization]
-        norm = max(1.0, float(norm))
+        norm = max(1.0, float(norm)) if not torch.is_tensor(norm) else norm
         ctx.save_for_backward(x, t, valid)
         ctx.norm = norm
         ctx.has_valid = valid is not None
-        # Caffe accumulates the terms one by one in float32; its rounding shows at ~1e-5
-        # relative for 78400 terms, so the same sequential float32 sum is done here.
-        flat = terms.detach().reshape(-1).cpu().numpy()
+        if not host:
+            # Caffe's GPU layer sums the terms in a parallel float32 reduction (caffe_gpu_asum):
+            # so here, on the device, with nothing read back.
+            return -terms.detach().sum() / norm
+        # Caffe's CPU layer accumulates the terms one by one in float32; its rounding shows at
+        # ~1e-5 relative for 78400 terms, so the same sequential float32 sum is done here.
+        flat = terms.detach().reshape(-1).numpy()
         total = np.add.accumulate(flat, dtype=np.float32)[-1] if flat.size else np.float32(0)
-        return torch.tensor(float(np.float32(-total) / np.float32(norm)), dtype=x.dtype, device=x.device)
+        return torch.tensor(float(np.float32(-total) / np.float32(norm)), dtype=x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -318,7 +324,7 @@ class _CaffeSigmoid(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        y = torch.tanh(x * 0.5).mul_(0.5).add_(0.5)
+        y = torch.sigmoid(x)
         ctx.save_for_backward(y)
         return y
 

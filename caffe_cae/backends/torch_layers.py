@@ -81,8 +81,17 @@ class HDF5DataLayer(Layer):
             return [torch.zeros(s, device=self.net.device) for s in self.source.shapes()]
         if self.net.replaying and self.last is not None:
             return self.last
-        self.last = [torch.from_numpy(a).to(self.net.device) for a in self.source.next_batch()]
+        self.last = [to_device(a, self.net.device) for a in self.source.next_batch()]
         return self.last
+
+
+def to_device(array, device):
+    """A numpy batch on ``device``; to a CUDA device through pinned memory and asynchronously
+    (a plain copy from pageable memory would wait for the device once per iteration)."""
+    t = torch.from_numpy(array)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 class ConvLayer(Layer):
