@@ -42,9 +42,14 @@ def loss_key(top):
     return LOSS_KEYS.get(top, top[:-5] if top.endswith("_loss") else top)
 
 
+def rekeyed(values):
+    """{loss top: value} -> {log key: value}."""
+    return {loss_key(top): v for top, v in values.items()}
+
+
 def keyed(values):
     """{loss top: value} -> {log key: float}."""
-    return {loss_key(top): float(v) for top, v in values.items()}
+    return {key: float(v) for key, v in rekeyed(values).items()}
 
 
 def mean(sums, count):
@@ -55,8 +60,7 @@ def add(sums, values):
     """Add {loss top: value} into {log key: sum}. The values may be host floats or a device's
     float64 scalars (the torch adapter's): the sums then stay on the device, in the same
     float64 additions as host floats, and are read at display and snapshot points only."""
-    for top, value in values.items():
-        key = loss_key(top)
+    for key, value in rekeyed(values).items():
         sums[key] = sums.get(key, 0.0) + value
 
 
@@ -237,7 +241,8 @@ def run_schedule(adapter, job, stop=None):
         for k in adapter.nonfinite():
             if k in alive:
                 found, bad = adapter.first_nonfinite(k)
-                failures[k] = dict(iter=adapter.iter + 1, loss=keyed(adapter.losses()[k]), first=found, params=bad)
+                failures[k] = dict(iter=adapter.iter + 1, loss=keyed(adapter.losses()[k]), first=found,
+                                   params=bad)
         return len(failures) < len(alive)
 
     def snapshot(k):
