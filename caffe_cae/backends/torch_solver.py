@@ -182,15 +182,16 @@ class TorchSolver:
 
     # tests --------------------------------------------------------------------
     def test(self, index, batches):
-        """Mean of each loss top of test net ``index`` over ``batches`` forward passes."""
+        """Mean of each loss top of test net ``index`` over ``batches`` forward passes (summed
+        on the device in float64, as host floats would be, and read once at the end)."""
         tnet = self.test_nets[index]
         sums = {}
         with torch.no_grad():
             for _ in range(batches):
                 blobs, _ = tnet.forward()
                 for top in tnet.losses:
-                    sums[top] = sums.get(top, 0.0) + float(blobs[top])
-        return {k: v / batches for k, v in sums.items()}
+                    sums[top] = sums.get(top, 0.0) + blobs[top].double()
+        return {k: float(v) / batches for k, v in sums.items()}
 
     # snapshots ----------------------------------------------------------------
     def save_weights(self, path):
