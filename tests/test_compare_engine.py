@@ -59,6 +59,15 @@ def test_data_items_follow_the_layers():
     assert kinds == [("images_db", [3, 256, 256]), ("mean", [3, 256, 256])]
 
 
+def test_states_follow_phase_and_stage_rules():
+    assert compare_engine.states(parse_net(HDF5)) == [("train", ())]
+    assert compare_engine.states(parse_net(LENET)) == [("train", ()), ("test", ())]
+    staged = LENET.replace("include { phase: TEST }", 'include { phase: TEST stage: "on-test" }', 1)
+    staged = staged.replace("include { phase: TEST }", 'include { phase: TEST not_stage: "on-test" }', 1)
+    assert compare_engine.states(parse_net(staged)) == [("train", ()), ("test", ("on-test",))]
+    assert compare_engine.state_name(("test", ("on-test",))) == "TEST/on-test"
+
+
 def test_differences_name_what_differs():
     info = {"blobs": {"data": [2, 4], "fc": [2, 3]},
             "layers": [{"name": "data", "weights": 0, "biases": 0}, {"name": "fc", "weights": 12, "biases": 3}]}

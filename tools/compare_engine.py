@@ -10,7 +10,8 @@ For each file, one row: file | inspect | upgrade | engine | compare.
 * upgrade: "modern" (nothing to do) or `caffe-cae upgrade`'s result (or its refusal);
 * engine: the engine's Caffe instantiates the upgraded net (the file itself if modern, or if
   upgrade refuses it) and runs one forward pass on its data, in TRAIN and TEST phase where
-  the net has phase rules (else TRAIN);
+  the net has phase rules (else TRAIN), once per stage its rules name (BVLC's mnist_autoencoder
+  tests with stage test-on-train and test-on-test);
 * compare: for each phase, every blob shape and every layer's parameter count of the
   engine's net against `inspect` of the same file in that phase (Caffe's own split blobs and
   BatchNorm's statistics, which inspect counts 0, left out). Where inspect cannot know an
@@ -105,8 +106,22 @@ def data_items(net, shapes):
     return items
 
 
-def has_phases(net):
-    return any(rule.HasField("phase") for layer in net.layer for rule in list(layer.include) + list(layer.exclude))
+def states(net):
+    """The NetStates to run: (phase, stages) for TRAIN, and TEST where layers have phase rules; a
+    phase whose rules name stages once per stage (BVLC's test-on-train / test-on-test)."""
+    rules = [rule for layer in net.layer for rule in list(layer.include) + list(layer.exclude)] if net else []
+    phases = PHASES if any(rule.HasField("phase") for rule in rules) else PHASES[:1]
+    out = []
+    for phase in phases:
+        number = PHASES.index(phase)
+        stages = sorted({s for rule in rules if not rule.HasField("phase") or rule.phase == number
+                         for s in list(rule.stage) + list(rule.not_stage)})
+        out += [(phase, (stage,)) for stage in stages] or [(phase, ())]
+    return out
+
+
+def state_name(state):
+    return "/".join((state[0].upper(),) + state[1])
 
 
 def _last_error(text, returncode):
@@ -142,11 +157,11 @@ class Checker:
             json.dump(items, f)
         return self._engine(["data", spec, self.mnist_dir])[1]
 
-    def inspect(self, path, phase="train", given=None):
+    def inspect(self, path, phase="train", given=None, stages=()):
         cwd = os.getcwd()
         os.chdir(self.data_dir)
         try:
-            return inspect_net(path, input_shapes=given, phase=phase)
+            return inspect_net(path, input_shapes=given, phase=phase, stages=stages)
         finally:
             os.chdir(cwd)
 
@@ -169,33 +184,32 @@ class Checker:
             inspected = "refused: " + str(exc).replace(path, "").lstrip(": ")
         if error:
             return inspected, upgraded, "data not made: " + error, "-"
-        phases = PHASES if net is not None and has_phases(net) else PHASES[:1]
         results = {}
-        for phase in phases:
-            real, error = self._engine(["run", run_path, phase])
+        for state in states(net):
+            real, error = self._engine(["run", run_path, state[0]] + list(state[1]))
             if error:
-                return inspected, upgraded, "fails (%s): %s" % (phase.upper(), error), "-"
-            results[phase] = real
-        ran = "+".join(p.upper() for p in phases) + " forward"
+                return inspected, upgraded, "fails (%s): %s" % (state_name(state), error), "-"
+            results[state] = real
+        ran = "+".join(state_name(state) for state in results) + " forward"
         return inspected, upgraded, ran, self.compare(run_path, net, results)
 
     def compare(self, run_path, net, results):
         notes, counts = [], []
-        for phase, real in results.items():
+        for (phase, stages), real in results.items():
             given = None
             try:
-                info = self.inspect(run_path, phase)
+                info = self.inspect(run_path, phase, stages=stages)
             except CaeError:
                 inputs = [top for layer in net.layer for top in layer.top if layer.type.endswith("Data")
                           or layer.type in ("Input", "Python")] if net is not None else []
                 given = {top: real["blobs"][top] for top in inputs if top in real["blobs"]}
                 try:
-                    info = self.inspect(run_path, phase, given)
+                    info = self.inspect(run_path, phase, given, stages)
                 except CaeError as exc:
                     return "inspect refused: " + str(exc).replace(run_path, "").lstrip(": ")[:100]
             diff = differences(info, real)
             if diff:
-                return "DIFFERENT (%s): %s" % (phase.upper(), "; ".join(diff[:3]))
+                return "DIFFERENT (%s): %s" % (state_name((phase, stages)), "; ".join(diff[:3]))
             counts.append("%d blobs" % len(info["blobs"]))
             if given:
                 notes.append("inputs from the engine")

@@ -1,7 +1,7 @@
 """Runs INSIDE the Caffe engine (caffe, numpy, h5py, stdlib only), for tools/compare_engine.py.
 
     python3 engine_net_check.py data SPEC.json MNIST_DIR   # make the inputs SPEC lists (in the current folder)
-    python3 engine_net_check.py run NET.prototxt PHASE     # instantiate NET, one forward pass
+    python3 engine_net_check.py run NET.prototxt PHASE [STAGE...]   # instantiate NET, one forward pass
 
 ``data``: each item of SPEC (a JSON list) is made unless its path exists; relative paths
 are taken from the current folder, as Caffe reads them. Kinds:
@@ -18,7 +18,7 @@ are taken from the current folder, as Caffe reads them. Kinds:
 * ``mean``: {path, shape}: a binaryproto mean (``caffe.io.array_to_blobproto``) of 1 x C x H x W.
 
 ``run`` prints one JSON line: {"blobs": {name: shape}, "layers": {name: {"type", "sizes"}}}
-after ``caffe.Net(NET, PHASE)`` and ``net.forward()``. A Caffe CHECK failure aborts the
+after ``caffe.Net(NET, PHASE, stages=STAGES)`` and ``net.forward()``. A Caffe CHECK failure aborts the
 process; the caller reads its message from stderr.
 """
 import gzip
@@ -157,9 +157,9 @@ def make_data(spec, mnist_dir):
     print(json.dumps({"made": made}))
 
 
-def run(path, phase):
+def run(path, phase, *stages):
     caffe.set_mode_cpu()
-    net = caffe.Net(path, caffe.TRAIN if phase == "train" else caffe.TEST)
+    net = caffe.Net(path, caffe.TRAIN if phase == "train" else caffe.TEST, stages=list(stages))
     net.forward()
     layers = {name: {"type": layer.type, "sizes": [int(b.data.size) for b in layer.blobs]}
               for name, layer in zip(net._layer_names, net.layers)}
@@ -170,4 +170,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "data":
         make_data(*sys.argv[2:4])
     else:
-        run(*sys.argv[2:4])
+        run(*sys.argv[2:])
