@@ -42,7 +42,7 @@ def _parent(path):
         os.makedirs(folder, exist_ok=True)
 
 
-def _idx_subset(src, dest, count):
+def idx_subset(src, dest, count):
     """The first ``count`` records of an idx .gz file, as an uncompressed idx file."""
     with gzip.open(src, "rb") as f:
         magic, n = struct.unpack(">II", f.read(8))
@@ -64,8 +64,8 @@ def mnist(item, mnist_dir):
     prefix = "train" if item["split"] == "train" else "t10k"
     stem = item["path"].rstrip("/") + ".idx"
     images, labels = stem + "-images", stem + "-labels"
-    _idx_subset(os.path.join(mnist_dir, prefix + "-images-idx3-ubyte.gz"), images, item["count"])
-    _idx_subset(os.path.join(mnist_dir, prefix + "-labels-idx1-ubyte.gz"), labels, item["count"])
+    idx_subset(os.path.join(mnist_dir, prefix + "-images-idx3-ubyte.gz"), images, item["count"])
+    idx_subset(os.path.join(mnist_dir, prefix + "-labels-idx1-ubyte.gz"), labels, item["count"])
     if item["pairs"]:  # the siamese tool takes no --backend: it writes a LevelDB
         _tool(["convert_mnist_siamese_data", images, labels, item["path"]])
     else:

@@ -10,17 +10,17 @@
 Usage: python3 lenet_lmdb.py WORKDIR MNIST_DIR
 Prints one JSON object with the tool's log records and what pycaffe saw.
 """
-import gzip
 import json
 import os
 import re
-import struct
 import subprocess
 import sys
 
-import numpy as np
 
 import caffe
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+from engine_net_check import idx_subset  # noqa: E402 (the one idx reader, tools/)
 
 TRAIN, TEST, ITERS, BATCH = 2000, 500, 200, 64
 
@@ -63,17 +63,6 @@ snapshot_prefix: "%(prefix)s"
 random_seed: 1
 solver_mode: CPU
 """
-
-
-def idx_subset(src, dest, count):
-    """The first ``count`` records of an idx .gz file, as an uncompressed idx file."""
-    with gzip.open(src, "rb") as f:
-        magic, n = struct.unpack(">II", f.read(8))
-        dims = struct.unpack(">%dI" % ((magic & 0xFF) - 1), f.read(4 * ((magic & 0xFF) - 1)))
-        size = int(np.prod(dims)) if dims else 1
-        body = f.read(size * min(count, n))
-    with open(dest, "wb") as f:
-        f.write(struct.pack(">II", magic, min(count, n)) + struct.pack(">%dI" % len(dims), *dims) + body)
 
 
 def convert(work, mnist_dir, split, prefix, count, backend):
