@@ -1,4 +1,4 @@
-"""Runs INSIDE the Caffe engine (caffe, numpy, stdlib only): BVLC's MNIST example, as a user runs it.
+"""Runs INSIDE the Caffe engine (caffe, stdlib only): BVLC's MNIST example, as a user runs it.
 
 1. Small MNIST idx files (the first TRAIN training and TEST test images of the given idx .gz files),
    converted by Caffe's own convert_mnist_data into an LMDB and a LevelDB;
@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-
 
 import caffe
 
