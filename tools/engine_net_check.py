@@ -56,8 +56,9 @@ def idx_subset(src, dest, count):
 def _tool(argv):
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     if proc.returncode != 0:
-        lines = [line for line in proc.stdout.splitlines() if "Check failed" in line or "rror" in line]
-        sys.exit("%s failed: %s" % (argv[0], (lines or proc.stdout.strip().splitlines() or ["exit %d" % proc.returncode])[0]))
+        lines = proc.stdout.strip().splitlines() or ["exit %d" % proc.returncode]
+        failed = [line for line in lines if "Check failed" in line or "rror" in line]
+        sys.exit("%s failed: %s" % (argv[0], (failed or lines[-1:])[0]))
 
 
 def mnist(item, mnist_dir):
