@@ -99,7 +99,7 @@ def test_own_nets_run_in_the_engine_as_inspect_sees_them(tmp_path):
     proc = tool(*nets, "--data-dir", "data", "--shape", "h5/train.txt=6", cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in proc.stdout.splitlines() if " | " in line}
-    assert rows["lenet_like.prototxt"][1:] == ["modern", "TRAIN+TEST forward", "= inspect (9 blobs, 10 blobs; 8816 params)"]
+    assert rows["lenet_like.prototxt"][1:] == ["modern", "TRAIN+TEST forward", "= inspect (6 blobs, 7 blobs; 8806 params)"]
     assert rows["h5_like.prototxt"] == ["table, 21 params", "modern", "TRAIN forward", "= inspect (4 blobs; 21 params)"]
     v1 = rows["v1_like.prototxt"]
     assert v1[1] == "upgraded, 5 layers" and v1[2] == "TRAIN forward", v1
