@@ -71,7 +71,7 @@ def test_states_follow_phase_and_stage_rules():
 def test_differences_name_what_differs():
     info = {"blobs": {"data": [2, 4], "fc": [2, 3]},
             "layers": [{"name": "data", "weights": 0, "biases": 0}, {"name": "fc", "weights": 12, "biases": 3}]}
-    real = {"blobs": {"data": [2, 4], "fc": [2, 3], "data_data_0_split_0": [2, 4]},
+    real = {"blobs": {"data": [2, 4], "fc": [2, 3], "data_data_0_split_0": [2, 4], "(automatic)": []},
             "layers": {"data": {"type": "HDF5Data", "sizes": []}, "fc": {"type": "InnerProduct", "sizes": [12, 3]}}}
     assert compare_engine.differences(info, real) == []
     real["blobs"]["fc"] = [2, 3, 1, 1]

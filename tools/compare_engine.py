@@ -13,8 +13,9 @@ For each file, one row: file | inspect | upgrade | engine | compare.
   the net has phase rules (else TRAIN), once per stage its rules name (BVLC's mnist_autoencoder
   tests with stage test-on-train and test-on-test);
 * compare: for each phase, every blob shape and every layer's parameter count of the
-  engine's net against `inspect` of the same file in that phase (Caffe's own split blobs and
-  BatchNorm's statistics, which inspect counts 0, left out). Where inspect cannot know an
+  engine's net against `inspect` of the same file in that phase (Caffe's own split blobs, the
+  "(automatic)" top it adds to a loss layer given none, and BatchNorm's statistics, which
+  inspect counts 0, left out). Where inspect cannot know an
   input shape (a LevelDB, a Python layer's top), it is given the engine's input shapes, as
   `--input-shape` would: the row says "inputs from the engine".
 
@@ -225,7 +226,7 @@ def differences(info, real):
         if real["blobs"].get(name) != list(dims):
             out.append("blob %s: inspect %s, Caffe %s" % (name, list(dims), real["blobs"].get(name)))
     for name in real["blobs"]:
-        if name not in info["blobs"] and "_split_" not in name:
+        if name not in info["blobs"] and "_split_" not in name and name != "(automatic)":
             out.append("blob %s: only in Caffe" % name)
     mine = {layer["name"]: layer["weights"] + layer["biases"] for layer in info["layers"]}
     for name, layer in real["layers"].items():
