@@ -87,9 +87,14 @@ train: data
 	$(CAE) train --out $(RUN_DIR) $(if $(BACKEND),--backend $(BACKEND)) $(if $(RESUME),--resume,--net $(NET) --dim $(DIM) \
 	  --mode $(MODE) --iters $(ITERS) --seed $(RUN) $(if $(FORCE),--force)) $(TRAIN_ARGS)
 
-# ms per SGD iteration of every net (D=10) in the engine, and the harness's own costs.
+# ms per SGD iteration of every net (D=10). Default: the torch backend against the limit (a
+# float32 GEMM's GFLOP/s, same process and threads) and the peer (the net in plain PyTorch),
+# interleaved -> bench/results_torch.json. BACKEND=caffe: the engine and the harness's own costs
+# -> bench/results_caffe.json.
+BENCH_BACKEND = $(or $(strip $(BACKEND)),torch)
 bench: setup
-	$(CAE) bench --out bench/results.json
+	$(CAE) bench --backend $(BENCH_BACKEND) $(if $(filter torch,$(BENCH_BACKEND)),--no-harness) \
+	  --out bench/results_$(BENCH_BACKEND).json
 
 # The paper's grid (caffe-cae grid): train -> extract -> analyze every run, then the report.
 # Re-running finishes only what is missing. EXECUTOR=slurm submits a job array instead.

@@ -6,7 +6,11 @@
 - ``nets``: {net: {"ms": median wall ms per iteration, "ms_all": every repeat's, "cpu_ms":
   median CPU ms per iteration of the worker (all its threads), "dim", "batch"}} for ``solver.step`` (forward, backward and update of one batch of 100;
   the HDF5Data read included) at D = 10, after ``warmup`` iterations, ``repeats`` repeats of
-  ``iters`` iterations each; Caffe's own test passes and snapshots are off;
+  ``iters`` iterations each; Caffe's own test passes and snapshots are off; ``flops`` (one
+  iteration, :mod:`caffe_cae.flops`) and ``gflops``; with the torch backend also
+  ``peak_gflops`` (a float32 GEMM in the same process), ``peak_percent``, ``plain_ms`` and
+  ``plain_ratio`` (the net in plain PyTorch, Models 1-5 and the deep AE) and ``layers``
+  (per-layer forward and backward ms), see :mod:`caffe_cae.backends.torch_bench`;
 - ``harness``: {name: seconds}: render the paper's grid (both syntaxes), convert MNIST to
   HDF5 (full set, into the temporary directory), start a 1-iteration training run
   (engine start, solver set-up, a test pass of 1 + 100 batches, one snapshot), extract 10000 test codes from it (whole
@@ -30,8 +34,11 @@ from . import data as data_lib
 from . import files, render, specs
 from .backends import resolve_backend
 from .errors import CaeError
+from .flops import iteration_flops
 from .rundir import ENGINE_LOG, engine_solver_text, git_info, host_info, now_iso
 from .train import RunSpec, train
+
+PEAK_SIZE = 2048  # caffe_cae.backends.torch_bench.PEAK_SIZE (not imported: that module needs torch)
 
 BENCH_DIM = 10
 
@@ -53,7 +60,7 @@ def net_solvers(folder, nets, dim, mode):
             text = engine_solver_text(f.read(), folder, net, dim)
         solver = os.path.join(folder, "%s_d%d_engine_solver.prototxt" % (net, dim))
         files.write_text(solver, text)
-        entries.append({"name": net, "solver": solver})
+        entries.append({"name": net, "solver": solver, "net": paths["train_test"]})
     return entries
 
 
@@ -89,14 +96,15 @@ def bench(out=None, nets=specs.NETS, mode="cpu", warmup=2, repeats=5, iters=5, h
             data_lib.write_tiny(hdf5, n=1000, list_prefix="data/hdf5")
         folder = os.path.join(work, "nets")
         os.makedirs(folder, exist_ok=True)
-        job = {"mode": mode, "nets": net_solvers(folder, nets, BENCH_DIM, mode), "warmup": warmup,
+        entries = net_solvers(folder, nets, BENCH_DIM, mode)
+        job = {"mode": mode, "nets": entries, "warmup": warmup, "dim": BENCH_DIM,
                "repeats": repeats, "iters": iters, "stderr_log": os.path.join(work, ENGINE_LOG)}
+        net_files = {e["name"]: e["net"] for e in entries}
         for event in be.bench(job, work).events():
             if event["event"] == "result":
-                results["nets"][event["net"]] = {"ms": event["ms"], "ms_all": event["ms_all"],
-                                                 "cpu_ms": event.get("cpu_ms"), "dim": BENCH_DIM, "batch": 100}
-                stream.write("bench: %-8s %8.1f ms/iteration (CPU time %.1f ms)\n"
-                             % (event["net"], event["ms"], event.get("cpu_ms") or 0))
+                entry = results["nets"][event["net"]] = _net_result(event, net_files[event["net"]])
+                stream.write("bench: %-8s %8.1f ms/iteration (CPU time %.1f ms)%s\n"
+                             % (event["net"], event["ms"], event.get("cpu_ms") or 0, _against(entry)))
                 stream.flush()
         if harness:
             _harness_run(be, work, mode, results, stream)
@@ -110,6 +118,39 @@ def bench(out=None, nets=specs.NETS, mode="cpu", warmup=2, repeats=5, iters=5, h
     if out:
         files.write_json(out, results, sort_keys=True)
     return results
+
+
+#: fields of a worker's result event kept in the results (the torch worker's beyond ms and cpu_ms)
+_KEPT = ("ms", "ms_all", "cpu_ms", "peak_gflops", "peak_gflops_all", "plain_ms", "plain_ms_all", "plain_cpu_ms",
+         "layers", "threads")
+
+
+def _net_result(event, net_file):
+    """A net's entry of the results: the worker's timings, the FLOPs of one iteration
+    (:mod:`caffe_cae.flops`), GFLOP/s, the share of the measured peak and the plain-PyTorch ratio."""
+    r = {k: event[k] for k in _KEPT if event.get(k) is not None}
+    counted = iteration_flops(net_file, batch=100)
+    r.update(dim=BENCH_DIM, batch=100, flops=counted["total"], forward_flops=counted["forward"])
+    r["gflops"] = counted["total"] / r["ms"] / 1e6
+    if r.get("peak_gflops"):
+        r["peak_percent"] = 100.0 * r["gflops"] / r["peak_gflops"]
+    if r.get("plain_ms"):
+        r["plain_ratio"] = r["plain_ms"] / r["ms"]
+    for layer in r.get("layers", []):
+        for f in counted["layers"]:
+            if f["name"] == layer["name"]:
+                layer.update(forward_flops=f["forward"], backward_flops=f["backward"])
+    return r
+
+
+def _against(r):
+    """`` = G GFLOP/s, P % of the peak, Rx plain PyTorch`` where measured."""
+    text = ", %.1f GFLOP/s" % r["gflops"]
+    if "peak_percent" in r:
+        text += " = %.0f %% of the %.0f GFLOP/s GEMM peak" % (r["peak_percent"], r["peak_gflops"])
+    if "plain_ratio" in r:
+        text += ", %.2fx plain PyTorch (%.1f ms)" % (r["plain_ratio"], r["plain_ms"])
+    return text
 
 
 def _harness_run(be, work, mode, results, stream):
@@ -157,21 +198,44 @@ def table(results):
     """The results as a Markdown table (nets, then harness costs)."""
     cond = results.get("conditions", {})
     lines = ["| Net (D=%d, batch 100) | ms per SGD iteration (wall, median) | CPU ms per iteration (median) "
-             "| wall ms of each repeat |" % results["settings"]["dim"], "|---|---|---|---|"]
+             "| GFLOP per iteration | GFLOP/s | fp32 GEMM peak GFLOP/s | %% of peak | plain PyTorch ms "
+             "| x faster than plain PyTorch |" % results["settings"]["dim"], "|---" * 9 + "|"]
     for net in specs.NETS:
         if net in results["nets"]:
             r = results["nets"][net]
-            cpu = "%.1f" % r["cpu_ms"] if r.get("cpu_ms") is not None else "n/a"
-            lines.append("| %s | %.1f | %s | %s |" % (net, r["ms"], cpu, ", ".join("%.1f" % x for x in r["ms_all"])))
+            lines.append("| %s | %.1f | %s | %s | %s | %s | %s | %s | %s |" % (
+                net, r["ms"], _num(r.get("cpu_ms")), _num(r.get("flops", 0) / 1e9 or None, "%.2f"),
+                _num(r.get("gflops")), _num(r.get("peak_gflops")), _num(r.get("peak_percent")),
+                _num(r.get("plain_ms")), _num(r.get("plain_ratio"), "%.2fx")))
     harness = [(k, v) for k, v in results["harness"].items() if isinstance(v, (int, float))]
     if harness:
         lines += ["", "| Harness step | seconds |", "|---|---|"]
         lines += ["| %s | %.2f |" % (name, seconds) for name, seconds in harness]
+    if any("peak_gflops" in r for r in results["nets"].values()):
+        lines += ["", "FLOPs counted from the parsed net (caffe_cae/flops.py: conv, deconv and fully-connected "
+                  "multiply-adds, backward 2x forward, 1x for a layer reading the data); peak = median float32 "
+                  "%d x %d GEMM in the same process and threads, taken in turn with the net and plain PyTorch "
+                  "(caffe_cae/backends/torch_plain.py), round by round." % (PEAK_SIZE, PEAK_SIZE)]
     load = cond.get("load_before") or [None]
     lines += ["", "Conditions: %s engine, Caffe %s, %s, %s (%s CPUs), load average %s at the start, %s." % (
         cond.get("engine"), cond.get("caffe_version"), str(cond.get("mode", "")).upper(),
         (cond.get("host") or {}).get("cpu"), (cond.get("host") or {}).get("cpus"),
         "%.1f" % load[0] if load[0] is not None else "n/a", cond.get("date"))]
+    return "\n".join(lines)
+
+
+def _num(value, fmt="%.1f"):
+    return fmt % value if value is not None else "n/a"
+
+
+def layer_table(results, net):
+    """Per-layer forward and backward ms of one net (the torch backend's results), as Markdown."""
+    r = results["nets"][net]
+    lines = ["| %s layer | type | forward ms | backward ms | GFLOP fwd + bwd |" % net, "|---|---|---|---|---|"]
+    for layer in r.get("layers", []):
+        flops = layer.get("forward_flops", 0) + layer.get("backward_flops", 0)
+        lines.append("| %s | %s | %.2f | %.2f | %s |" % (layer["name"], layer["type"], layer["forward_ms"],
+                                                        layer["backward_ms"], "%.3f" % (flops / 1e9) if flops else ""))
     return "\n".join(lines)
 
 

@@ -26,3 +26,41 @@ def test_bench_one_net(engine, tmp_path):
 def test_bench_rejects_unknown_net(tmp_path):
     proc = cli("bench", "--nets", "model9", "--out", str(tmp_path / "r.json"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "model9" in proc.stderr
+
+
+def test_flops_counting_rule(tmp_path):
+    """caffe_cae/flops.py on Model 4 at D = 10, against the rule counted by hand."""
+    from caffe_cae import flops, render
+
+    paths = render.write_files("model4", 10, str(tmp_path), "modern")
+    counted = flops.iteration_flops(paths["train_test"], batch=100)
+    by_name = {layer["name"]: layer for layer in counted["layers"]}
+    conv1 = 2 * (26 * 1 * 5 * 5) * (24 * 24) * 100  # output positions; reads the data: no input gradient
+    assert by_name["conv1"]["forward"] == conv1 and by_name["conv1"]["backward"] == conv1
+    deconv1 = 2 * (36 * 26 * 5 * 5) * (8 * 8) * 100  # a deconvolution: input positions
+    assert by_name["deconv1"]["forward"] == deconv1 and by_name["deconv1"]["backward"] == 2 * deconv1
+    ip1 = 2 * (576 * 250) * 100
+    assert by_name["ip1encode"]["forward"] == ip1 and by_name["ip1encode"]["backward"] == 2 * ip1
+    assert set(by_name) == {"conv1", "conv2", "ip1encode", "ip2encode", "ip1decode", "deconv2", "deconv1",
+                            "deconv1neur"}
+    assert counted["total"] == sum(v["forward"] + v["backward"] for v in by_name.values())
+
+
+def test_bench_torch_peak_and_peer(tmp_path):
+    """The torch backend's bench: FLOPs, GFLOP/s, the GEMM peak, plain PyTorch and per-layer times."""
+    out = str(tmp_path / "results.json")
+    proc = cli("bench", "--backend", "torch", "--nets", "deep_ae,siamese", "--warmup", "0", "--repeats", "1",
+               "--iters", "1", "--no-harness", "--layer-table", "deep_ae", "--out", out,
+               env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    with open(out) as f:
+        results = json.load(f)
+    deep = results["nets"]["deep_ae"]
+    assert deep["flops"] > 1e9 and deep["gflops"] > 0 and deep["peak_gflops"] > 0
+    assert abs(deep["peak_percent"] - 100 * deep["gflops"] / deep["peak_gflops"]) < 1e-9
+    assert deep["plain_ms"] > 0 and abs(deep["plain_ratio"] - deep["plain_ms"] / deep["ms"]) < 1e-9
+    names = [layer["name"] for layer in deep["layers"]]
+    assert "encode1" in names and all(layer["forward_ms"] >= 0 and layer["backward_ms"] >= 0
+                                      for layer in deep["layers"])
+    assert "plain_ms" not in results["nets"]["siamese"]  # no peer for the Siamese net
+    assert "% of peak" in proc.stdout and "| encode1 | InnerProduct |" in proc.stdout

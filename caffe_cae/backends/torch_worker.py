@@ -20,7 +20,7 @@ common and they cost ~2x there; ``CAFFE_CAE_TORCH_DENORMALS=1`` keeps them.
 import os
 import sys
 
-from .jobs import finish_extract, main, run_bench
+from .jobs import finish_extract, main
 from .protocol import Adapter, emit, run_schedule
 
 
@@ -180,7 +180,8 @@ def extract(job):
 
 
 def bench(job):
-    """ms per SGD iteration for each solver (see :func:`caffe_cae.backends.protocol.run_bench`)."""
+    """ms per SGD iteration for each solver, its plain-PyTorch peer and the GEMM peak
+    (:func:`caffe_cae.backends.torch_bench.bench_nets`)."""
     from ..errors import CaeError
     from .torch_solver import TorchSolver
     try:
@@ -192,8 +193,9 @@ def bench(job):
     def make(path):
         return TorchSolver(path, cwd=os.getcwd(), device=device, test_nets=False, onednn=onednn())
 
+    from .torch_bench import bench_nets
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    return run_bench(job, make, sync, extra={"threads": torch.get_num_threads()})
+    return bench_nets(job, make, torch, device, sync, extra={"threads": torch.get_num_threads()})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""``caffe-cae bench``: ms per SGD iteration of every net in the engine, and the harness's costs."""
+"""``caffe-cae bench``: ms per SGD iteration of every net, and the harness's costs; with the torch
+backend also GFLOP/s, the share of the measured fp32 peak and the ratio to plain PyTorch."""
 import click
 
 from ..backends import BACKENDS
@@ -17,7 +18,10 @@ from .options import fail, mode_option, run_guarded
               help="caffe (the engine), torch, or a comma list (e.g. caffe,torch: each in turn, one "
                    "comparison table; OUT gets every backend's results) [default: caffe].")
 @click.option("--no-harness", is_flag=True, help="Only the nets (no render/data/train/extract timings).")
-def cli(out, mode, nets, warmup, repeats, iters, no_harness, backend):
+@click.option("--layer-table", default="model4", show_default=True,
+              help="Comma list of nets whose per-layer forward/backward ms are printed (torch backend; "
+                   "OUT has every net's).")
+def cli(out, mode, nets, warmup, repeats, iters, no_harness, backend, layer_table):
     """Time forward+backward+update (batch 100, D=10) per net, render, data, extraction; print a table."""
     from .. import bench as bench_lib
     from .. import specs
@@ -28,17 +32,27 @@ def cli(out, mode, nets, warmup, repeats, iters, no_harness, backend):
     if bad or not names:
         fail("--backend %s: expected %s, or a comma list of them" % (backend, " or ".join(BACKENDS)))
     if len(names) > 1:
-        return _compare(names, out, mode, chosen, warmup, repeats, iters, no_harness)
+        return _compare(names, out, mode, chosen, warmup, repeats, iters, no_harness, layer_table)
     try:
         results = run_guarded(bench_lib.bench, out=out, nets=chosen, mode=mode, warmup=warmup, repeats=repeats,
                               iters=iters, harness=not no_harness, backend=backend)
     except KeyboardInterrupt:
         fail("bench interrupted; %s not written" % out, code=130)
     click.echo(bench_lib.table(results))
+    _layer_tables(results, layer_table)
     click.echo("written: %s" % out)
 
 
-def _compare(names, out, mode, chosen, warmup, repeats, iters, no_harness):
+def _layer_tables(results, chosen):
+    from .. import bench as bench_lib
+
+    for net in (n.strip() for n in chosen.split(",")):
+        if results["nets"].get(net, {}).get("layers"):
+            click.echo("")
+            click.echo(bench_lib.layer_table(results, net))
+
+
+def _compare(names, out, mode, chosen, warmup, repeats, iters, no_harness, layer_table):
     """Each backend in turn, then one table side by side; OUT holds {backend: results}."""
     from .. import bench as bench_lib
     from .. import files
@@ -50,6 +64,7 @@ def _compare(names, out, mode, chosen, warmup, repeats, iters, no_harness):
             by_backend[name] = run_guarded(bench_lib.bench, out=None, nets=chosen, mode=mode, warmup=warmup,
                                            repeats=repeats, iters=iters, harness=not no_harness, backend=name)
             click.echo(bench_lib.table(by_backend[name]))
+            _layer_tables(by_backend[name], layer_table)
             click.echo("")
     except KeyboardInterrupt:
         fail("bench interrupted; %s not written" % out, code=130)

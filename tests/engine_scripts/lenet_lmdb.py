@@ -92,7 +92,8 @@ def main(work, mnist_dir):
                           stderr=subprocess.STDOUT, universal_newlines=True, env=dict(os.environ, GLOG_minloglevel="0"))
     if proc.returncode != 0:
         sys.exit("caffe train failed:\n" + proc.stdout[-3000:])
-    train = [(int(i), float(v)) for i, v in re.findall(r"Iteration (\d+) .*?, loss = ([0-9.e+-]+)", proc.stdout)]
+    train = [(int(i), float(v)) for i, v in re.findall(r"Iteration (\d+)(?: \([^)]*\))?, loss = ([0-9.e+-]+)",
+                                                                     proc.stdout)]
     accuracy = [float(v) for v in re.findall(r"Test net output #\d+: accuracy = ([0-9.e+-]+)", proc.stdout)]
     seen = {}
     caffe.set_mode_cpu()
