@@ -169,13 +169,15 @@ class Checker:
     def row(self, path, index):
         """(inspect, upgrade, engine, compare) for one file."""
         run_path = os.path.join(self.work, "%d_%s" % (index, os.path.basename(path)))
+        with open(path) as f:
+            text = f.read()
         try:
             original = parse_net(path)
             net = upgrade(original)
             upgraded = "modern" if net == original else "upgraded, %d layers" % len(net.layer)
-            text = to_text(net) if net != original else open(path).read()
+            text = to_text(net) if net != original else text
         except CaeError as exc:
-            upgraded, net, text = "refused: " + str(exc).replace(path, "").lstrip(": "), None, open(path).read()
+            upgraded, net = "refused: " + str(exc).replace(path, "").lstrip(": "), None
         with open(run_path, "w") as f:
             f.write(text)
         error = self.make_data(net, index) if net is not None else None
