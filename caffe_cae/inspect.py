@@ -20,7 +20,8 @@ Shapes are inferred only from what is known: the inputs' shapes by
 :mod:`caffe_cae.data_shapes` (``--input-shape``, the layer, the file it reads, the project's
 MNIST layout), every other layer's by :mod:`caffe_cae.layer_shapes` (Caffe 1.0's rules); an
 unknown input shape or layer type raises a one-line CaeError naming the layer. train_test
-nets are inspected in their TRAIN phase (``caffe_rules.active_layers``). A file without a
+nets are inspected in their TRAIN phase (``caffe_rules.active_layers``; ``phase="test"`` and
+``stages`` choose another NetState). A file without a
 layer or input is an error.
 
 The paper's figures are given only where they mean something:
@@ -47,9 +48,10 @@ _WEIGHTED = ("Convolution", "Deconvolution", "InnerProduct")
 _HIDDEN = _WEIGHTED + ("Pooling", "Unpooling")
 
 
-def analyse(net, where="<net>", batch=100, input_shapes=None):
+def analyse(net, where="<net>", batch=100, input_shapes=None, phase="train", stages=()):
     """The inspect dict for a parsed NetParameter (either syntax); ``input_shapes``:
-    {top: dims} from ``--input-shape``."""
+    {top: dims} from ``--input-shape``; ``phase`` ("train" or "test") and ``stages``: the
+    NetState whose layers are taken."""
     if not (len(net.layer) or len(net.layers) or len(net.input)):
         raise CaeError(f"{where}: no net in this file (no layer, no input): expected a Caffe net in text format")
     given = dict(input_shapes or {})
@@ -64,7 +66,7 @@ def analyse(net, where="<net>", batch=100, input_shapes=None):
     shared = set()
     producers = {}
     inputs, image_counts = set(), set()
-    for layer in caffe_rules.active_layers(modern, "train"):
+    for layer in caffe_rules.active_layers(modern, phase, stages):
         if layer.type in data_shapes.TYPES:
             tops, (weights, biases, term) = data_shapes.input_shapes(state.at(layer), layer, batch, given, project), \
                 (0, 0, "")
@@ -153,10 +155,11 @@ def compression(code_dim, switches=None, image_bytes=IMAGE_BYTES):
             "ratio_percent": round(100.0 * (1.0 - total / image_bytes), 2)}
 
 
-def inspect_net(source, batch=100, input_shapes=None):
+def inspect_net(source, batch=100, input_shapes=None, phase="train", stages=()):
     """Parse a net (path or text) and analyse it."""
     where = str(source) if "\n" not in str(source) else "<text>"
-    return analyse(parse_net(source), where=where, batch=batch, input_shapes=input_shapes)
+    return analyse(parse_net(source), where=where, batch=batch, input_shapes=input_shapes, phase=phase,
+                   stages=stages)
 
 
 def format_table(info):

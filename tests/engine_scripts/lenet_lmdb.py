@@ -1,4 +1,4 @@
-"""Runs INSIDE the Caffe engine (caffe, numpy, stdlib only): BVLC's MNIST example, as a user runs it.
+"""Runs INSIDE the Caffe engine (caffe, stdlib only): BVLC's MNIST example, as a user runs it.
 
 1. Small MNIST idx files (the first TRAIN training and TEST test images of the given idx .gz files),
    converted by Caffe's own convert_mnist_data into an LMDB and a LevelDB;
@@ -10,17 +10,16 @@
 Usage: python3 lenet_lmdb.py WORKDIR MNIST_DIR
 Prints one JSON object with the tool's log records and what pycaffe saw.
 """
-import gzip
 import json
 import os
 import re
-import struct
 import subprocess
 import sys
 
-import numpy as np
-
 import caffe
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+from engine_net_check import idx_subset  # noqa: E402 (the one idx reader, tools/)
 
 TRAIN, TEST, ITERS, BATCH = 2000, 500, 200, 64
 
@@ -65,17 +64,6 @@ solver_mode: CPU
 """
 
 
-def idx_subset(src, dest, count):
-    """The first ``count`` records of an idx .gz file, as an uncompressed idx file."""
-    with gzip.open(src, "rb") as f:
-        magic, n = struct.unpack(">II", f.read(8))
-        dims = struct.unpack(">%dI" % ((magic & 0xFF) - 1), f.read(4 * ((magic & 0xFF) - 1)))
-        size = int(np.prod(dims)) if dims else 1
-        body = f.read(size * min(count, n))
-    with open(dest, "wb") as f:
-        f.write(struct.pack(">II", magic, min(count, n)) + struct.pack(">%dI" % len(dims), *dims) + body)
-
-
 def convert(work, mnist_dir, split, prefix, count, backend):
     images, labels = (os.path.join(work, "%s-%s" % (split, kind)) for kind in ("images", "labels"))
     idx_subset(os.path.join(mnist_dir, prefix + "-images-idx3-ubyte.gz"), images, count)
@@ -104,7 +92,8 @@ def main(work, mnist_dir):
                           stderr=subprocess.STDOUT, universal_newlines=True, env=dict(os.environ, GLOG_minloglevel="0"))
     if proc.returncode != 0:
         sys.exit("caffe train failed:\n" + proc.stdout[-3000:])
-    train = [(int(i), float(v)) for i, v in re.findall(r"Iteration (\d+) .*?, loss = ([0-9.e+-]+)", proc.stdout)]
+    train = [(int(i), float(v)) for i, v in re.findall(r"Iteration (\d+)(?: \([^)]*\))?, loss = ([0-9.e+-]+)",
+                                                                     proc.stdout)]
     accuracy = [float(v) for v in re.findall(r"Test net output #\d+: accuracy = ([0-9.e+-]+)", proc.stdout)]
     seen = {}
     caffe.set_mode_cpu()
