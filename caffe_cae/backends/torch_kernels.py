@@ -321,8 +321,8 @@ class _MaxPool(torch.autograd.Function):
 
 class _CaffeSigmoid(torch.autograd.Function):
     """Caffe's Sigmoid layer. Caffe computes ``0.5 * tanh(0.5 * x) + 0.5``; ``torch.sigmoid``
-    differs from that by at most one float32 ulp (in about half of the values) and costs a
-    ninth of it, and the equality tests against Caffe (forward, gradients, 100 iterations,
+    differs from that by at most one float32 ulp (in about half of the values) and costs
+    about a tenth of it, and the equality tests against Caffe (forward, gradients, 100 iterations,
     the chaotic nets' bounds, MAX-pooling switches included) pass with it, so it is used.
     Backward ``dy * y * (1 - y)`` as Caffe."""
 
