@@ -1,4 +1,4 @@
-"""Caffe's standard data layers in the engine (issue 15): BVLC's LeNet trained by the `caffe train`
+"""Caffe's standard data layers in the engine: BVLC's LeNet trained by the `caffe train`
 tool on a small LMDB that Caffe's own convert_mnist_data made from our MNIST, and the same Data layer
 reading a LevelDB. Fails in CI without the engine (engine_support)."""
 import math

@@ -10,7 +10,7 @@ import numpy as np
 from .. import caffe_rules
 from ..errors import CaeError
 from ..proto import caffe_cae_pb2 as pb
-from .torch_data import HDF5Source
+from .torch_data import HDF5Source, to_device
 from .torch_kernels import (F, _CaffeConv, _CaffeSigmoid, _ContrastiveLoss, _MaxPool, _SCELoss, torch,
                             unpool_spread, unpool_topleft)
 
@@ -22,8 +22,6 @@ def _window(p, name, global_pooling=False):
 def _canon(axis, nd, name):
     return caffe_rules.canonical_axis(axis, nd, "layer %s" % name)
 
-
-# ----------------------------------------------------------------------------- layers
 
 class Layer:
     """One Caffe layer: ``setup`` (creates parameter blobs from bottom shapes) and ``forward``."""
@@ -44,6 +42,12 @@ class Layer:
         if len(self.bottoms) not in counts:
             raise CaeError("layer %s (%s): expected %s bottom(s), got %d"
                            % (self.name, self.type, " or ".join(map(str, counts)), len(self.bottoms)))
+
+    def need_same_counts(self, bottoms):
+        """A loss's two inputs hold as many values (Caffe's CHECK_EQ in Reshape)."""
+        if bottoms[0].numel() != bottoms[1].numel():
+            raise CaeError("layer %s: %s inputs must have the same count (%d vs %d)"
+                           % (self.name, self.type, bottoms[0].numel(), bottoms[1].numel()))
 
     def need_tops(self, *counts):
         if len(self.tops) not in counts:
@@ -83,15 +87,6 @@ class HDF5DataLayer(Layer):
             return self.last
         self.last = [to_device(a, self.net.device) for a in self.source.next_batch()]
         return self.last
-
-
-def to_device(array, device):
-    """A numpy batch on ``device``; to a CUDA device through pinned memory and asynchronously
-    (a plain copy from pageable memory would wait for the device once per iteration)."""
-    t = torch.from_numpy(array)
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 class ConvLayer(Layer):
@@ -353,9 +348,7 @@ class ReLULayer(Layer):
 class SCELossLayer(Layer):
     def setup(self, bottoms):
         self.need_bottoms(2)
-        if bottoms[0].numel() != bottoms[1].numel():
-            raise CaeError("layer %s: SigmoidCrossEntropyLoss inputs must have the same count (%d vs %d)"
-                           % (self.name, bottoms[0].numel(), bottoms[1].numel()))
+        self.need_same_counts(bottoms)
         lo = self.lp.loss_param
         if lo.HasField("normalization"):
             self.norm = lo.normalization
@@ -377,9 +370,7 @@ class SCELossLayer(Layer):
 class EuclideanLossLayer(Layer):
     def setup(self, bottoms):
         self.need_bottoms(2)
-        if bottoms[0].numel() != bottoms[1].numel():
-            raise CaeError("layer %s: EuclideanLoss inputs must have the same count (%d vs %d)"
-                           % (self.name, bottoms[0].numel(), bottoms[1].numel()))
+        self.need_same_counts(bottoms)
 
     def forward(self, bottoms):
         a, b = bottoms
