@@ -142,7 +142,7 @@ relu: data
 
 # The README's test command: system packages, set up, build or reuse the engine, run every test.
 test: deps setup engine
-	$(PY) -m pytest tests
+	$(PY) -m pytest --durations=20 tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info
