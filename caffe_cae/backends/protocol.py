@@ -122,6 +122,9 @@ class Adapter:
     iter = 0
     #: extra fields of the ``start`` event (versions, device ...)
     start_fields = {}
+    #: the non-finite check: False, :meth:`nonfinite` before every update (a read per
+    #: iteration); True, kept on the device and read by :meth:`failed` where the host reads anyway
+    deferred = False
 
     def restore(self, k, solverstate, caffemodel):
         """Run k's weights, history and iteration from a snapshot (CaeError when unreadable)."""
@@ -142,7 +145,7 @@ class Adapter:
         raise NotImplementedError
 
     def nonfinite(self):
-        """The runs whose last step has a non-finite loss (the one check read every iteration)."""
+        """The runs whose last step has a non-finite loss (eager check: read every iteration)."""
         return [k for k, values in enumerate(self.losses())
                 if not all(math.isfinite(v) for v in keyed(values).values())]
 
@@ -154,9 +157,16 @@ class Adapter:
         """Write run k's ``PREFIX_iter_N.caffemodel`` and ``.solverstate``; returns both paths."""
         raise NotImplementedError
 
-    def first_nonfinite(self, k):
-        """Replay run k's forward pass: (first {layer, layer_type, blob, step} holding a
-        non-finite value or None, [names of non-finite parameter blobs])."""
+    def failed(self):
+        """Deferred check: {run: (b, {loss top: value})} for each run whose loss was first
+        non-finite at iteration b; its updates from b on were not applied (weights and
+        history are those after b - 1)."""
+        return {}
+
+    def first_nonfinite(self, k, at=None):
+        """Replay run k's forward pass (``at``: iteration ``at``'s batch, after :meth:`failed`,
+        else the last step's): (first {layer, layer_type, blob, step} holding a non-finite
+        value or None, [names of non-finite parameter blobs])."""
         raise NotImplementedError
 
     def drop(self, k):
@@ -181,7 +191,10 @@ def run_schedule(adapter, job, stop=None):
     history and iteration from the snapshot, each data layer advanced by the batches it
     served before (modulo its cycle), which gives the uninterrupted run's data order. A
     non-finite loss is caught before the update and fails its run, naming the first
-    non-finite blob of the replayed forward pass.
+    non-finite blob of the replayed forward pass; with ``adapter.deferred`` it is caught where
+    the host reads anyway (a display, test, snapshot, progress or stop point, the end), before
+    anything of that iteration is sent, and reported as the eager check would have (the
+    update was masked from the failing iteration on; its batch is replayed).
     """
     from ..errors import CaeError
 
@@ -237,13 +250,21 @@ def run_schedule(adapter, job, stop=None):
         send("start", k, iter=adapter.iter, max_iter=max_iter, skipped=skipped, pid=os.getpid(), **extra)
     failures = {}
 
+    deferred = adapter.deferred
+
+    def fail(k, it, values, found):
+        failures[k] = dict(iter=it, loss=keyed(values), first=found[0], params=found[1])
+
     def before_update():
-        for k in adapter.nonfinite():
+        for k in [] if deferred else adapter.nonfinite():
             if k in alive:
-                found, bad = adapter.first_nonfinite(k)
-                failures[k] = dict(iter=adapter.iter + 1, loss=keyed(adapter.losses()[k]), first=found,
-                                   params=bad)
+                fail(k, adapter.iter + 1, adapter.losses()[k], adapter.first_nonfinite(k))
         return len(failures) < len(alive)
+
+    def check():
+        for k, (it, values) in sorted(adapter.failed().items()):
+            if k in alive:
+                fail(k, it, values, adapter.first_nonfinite(k, it))
 
     def snapshot(k):
         model, state = adapter.snapshot(k, jobs[k]["snapshot_prefix"])
@@ -254,6 +275,14 @@ def run_schedule(adapter, job, stop=None):
     last_progress = 0.0
     while adapter.iter < max_iter and alive:
         adapter.step(before_update)
+        it = adapter.iter
+        now = time.time()
+        show = now - last_progress >= PROGRESS_EVERY or it == max_iter
+        log, test = it % display == 0 or it == max_iter, it % test_interval == 0 or it == max_iter
+        snap = it % snap_every == 0 or it == max_iter
+        stopping = it < max_iter and (stop.reason or it == first.get("stop_after"))
+        if deferred and (show or log or test or snap or stopping):
+            check()
         for k, failure in sorted(failures.items()):
             message = nonfinite_message(failure)
             send("nonfinite", k, message=message, **failure)
@@ -263,21 +292,18 @@ def run_schedule(adapter, job, stop=None):
         failures.clear()
         if not alive:
             break
-        it = adapter.iter
         values = adapter.losses()
-        now = time.time()
-        show = now - last_progress >= PROGRESS_EVERY or it == max_iter
         for k in alive:
             add(sums[k], values[k])
             count[k] += 1
             if show:
                 send("progress", k, iter=it, loss=keyed(values[k]), time=now)
-            if it % display == 0 or it == max_iter:
+            if log:
                 send("log", k, iter=it, phase="train", loss=mean(sums[k], count[k]))
                 sums[k], count[k] = {}, 0
         if show:
             last_progress = now
-        if it % test_interval == 0 or it == max_iter:
+        if test:
             for j, stage in enumerate(first["test_stages"]):
                 for k in alive:
                     send("testing", k, iter=it, stage=stage["name"], batches=stage["iter"])
@@ -286,11 +312,11 @@ def run_schedule(adapter, job, stop=None):
                     send("log", k, iter=it, phase=stage["name"], loss=keyed(results[k]))
             for k in alive:
                 passes[k] += 1
-        if it % snap_every == 0 or it == max_iter:
+        if snap:
             for k in alive:
                 snapshot(k)
             last_snapshot = it
-        if it < max_iter and (stop.reason or it == first.get("stop_after")):
+        if stopping:
             for k in alive:
                 if last_snapshot != it:
                     snapshot(k)

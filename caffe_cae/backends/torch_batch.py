@@ -47,7 +47,7 @@ from .. import caffemodel
 from ..errors import CaeError
 from ..proto import caffe_cae_pb2 as pb
 from .torch_net import _CaffeConv, _canon, TorchNet, copy_weights, torch
-from .torch_solver import TorchSolver, _parse_solver, net_param_of
+from .torch_solver import Deferred, TorchSolver, _parse_solver, net_param_of
 
 F = torch.nn.functional
 CHANNELWISE = ("Pooling", "Unpooling", "Sigmoid", "TanH", "ReLU", "Split")
@@ -204,6 +204,9 @@ class WideNet:
         for t in self.learnable:
             t.grad = None
 
+    def data_sources(self):
+        return self.template.data_sources()
+
     def first_nonfinite(self, k):
         """Replay the last batch: run k's first (layer, top) with a non-finite value, and its
         non-finite parameter blobs (as torch_worker.first_nonfinite)."""
@@ -234,11 +237,13 @@ class WideNet:
 
 class BatchSolver:
     """Caffe's SGD for K runs at once. See the module docstring. ``seeds``: one random_seed
-    per run (>= 0); ``onednn``, ``device``, ``test_nets`` as TorchSolver; ``grouped``: see WideNet."""
+    per run (>= 0); ``onednn``, ``device``, ``test_nets``, ``deferred`` as TorchSolver; ``grouped``:
+    see WideNet."""
 
     apply_update = TorchSolver.apply_update  # elementwise: the same code on stacked tensors
 
-    def __init__(self, solver, seeds, cwd=".", device="cpu", test_nets=True, onednn=True, grouped=None):
+    def __init__(self, solver, seeds, cwd=".", device="cpu", test_nets=True, onednn=True, grouped=None,
+                 deferred=False):
         sp = solver if isinstance(solver, pb.SolverParameter) else _parse_solver(solver)
         if sp.type != "SGD" or sp.solver_type != pb.SolverParameter.SGD:
             raise CaeError("solver: type %r: only SGD is supported by the torch backend" % sp.type)
@@ -270,30 +275,48 @@ class BatchSolver:
         self.current_step = 0
         self.history = [torch.zeros_like(t, requires_grad=False) for t in self.net.learnable]
         self.dead = set()
-        self.losses = [{} for _ in seeds]
-        self.loss = None
+        self.loss_matrix = None
+        self._total = None
+        self.guard = Deferred(self, self.runs) if deferred else None
+
+    @property
+    def losses(self):
+        """Per run, {loss top: float64 scalar on the device} of the last pass (no read)."""
+        m = self.loss_matrix
+        return [{top: m[t, k] for t, top in enumerate(self.net.losses)} for k in range(self.runs)] if m is not None \
+            else [{} for _ in range(self.runs)]
+
+    @property
+    def loss(self):
+        """Per run, the last step's loss as a float (read from the device), None before the first step."""
+        size = max(1, int(self.sp.iter_size))
+        return None if self._total is None else [float(v) / size for v in self._total.cpu()]
 
     def step(self, n=1, on_gradients=None):
-        """``n`` iterations. ``losses[k]`` holds run k's loss tops of the last pass, ``loss[k]``
-        its step loss; ``on_gradients(solver)`` before the update; False stops (no update).
-        Runs in ``dead`` (failed) have their weights and history zeroed after every update."""
+        """``n`` iterations. ``loss_matrix`` holds the loss tops (rows) of the last pass per run
+        (columns), float64 on the device (``losses`` and ``loss`` are views and reads);
+        ``on_gradients(solver)`` before the update; False stops (no update); with ``guard`` the
+        update is masked by its flags. Runs in ``dead`` (failed) have their weights and history
+        zeroed after every update."""
         size = max(1, int(self.sp.iter_size))
         for _ in range(n):
+            if self.guard:
+                self.guard.start()
             self.net.zero_grad()
-            total = torch.zeros(self.runs, dtype=torch.float64)
+            total = 0.0
             for _ in range(size):
                 blobs, losses, t = self.net.forward()
                 if t is None:
                     raise CaeError("net %s: no loss top to train on" % self.net.name)
                 t.backward()
-                total += sum(v.detach().double() for v in losses.values()).cpu()
-            self.loss = [float(v) / size for v in total]
-            self.losses = [{top: float(blobs[top].detach()[k]) if self.net.how[top] == "runs"
-                            else float(losses[top][k]) / self.net.losses[top]
-                            for top in self.net.losses} for k in range(self.runs)]
+                total = total + sum(v.detach().double() for v in losses.values())
+            self._total = total
+            self.loss_matrix = torch.stack([blobs[top].detach().double() if self.net.how[top] == "runs"
+                                            else losses[top].detach().double() / self.net.losses[top]
+                                            for top in self.net.losses])
             if on_gradients is not None and on_gradients(self) is False:
                 return False
-            self.apply_update()
+            self.apply_update(self.guard and self.guard.step(self.loss_matrix))
             if self.dead:
                 with torch.no_grad():
                     for k in self.dead:

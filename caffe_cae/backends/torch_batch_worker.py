@@ -22,8 +22,8 @@ import os
 import sys
 
 from .jobs import main
-from .protocol import Adapter, run_schedule
-from .torch_worker import _setup, failed, onednn, start_fields
+from .protocol import run_schedule
+from .torch_worker import TorchAdapter, _setup, deferred, failed, onednn
 
 
 def _check_same(runs):
@@ -48,17 +48,8 @@ def _check_same(runs):
     return seeds
 
 
-class BatchAdapter(Adapter):
+class BatchAdapter(TorchAdapter):
     """A :class:`~caffe_cae.backends.torch_batch.BatchSolver` of K runs (see :func:`protocol.run_schedule`)."""
-
-    def __init__(self, solver, torch, device):
-        self.solver = solver
-        self.runs = solver.runs
-        self.start_fields = start_fields(torch, device)
-
-    @property
-    def iter(self):
-        return self.solver.iter
 
     def restore(self, k, solverstate, caffemodel):
         self.solver.restore(k, solverstate, caffemodel)
@@ -66,11 +57,12 @@ class BatchAdapter(Adapter):
     def skip(self, index, batches):
         (self.solver.net if index is None else self.solver.test_nets[index]).template.skip_batches(batches)
 
-    def step(self, before_update):
-        self.solver.step(1, on_gradients=lambda _s: before_update())
-
     def losses(self):
         return self.solver.losses
+
+    def nonfinite(self):
+        ok = self.torch.isfinite(self.solver.loss_matrix).all(0).tolist()
+        return [k for k, good in enumerate(ok) if not good]
 
     def test(self, index, batches):
         return self.solver.test(index, batches)
@@ -78,7 +70,7 @@ class BatchAdapter(Adapter):
     def snapshot(self, k, prefix):
         return self.solver.snapshot(k, prefix)
 
-    def first_nonfinite(self, k):
+    def replay(self, k):
         return self.solver.net.first_nonfinite(k)
 
     def drop(self, k):
@@ -93,7 +85,8 @@ def train(job):
     try:
         torch, device = _setup(job["mode"])
         seeds = _check_same(runs)
-        solver = BatchSolver(runs[0]["solver"], seeds, cwd=os.getcwd(), device=device, onednn=onednn())
+        solver = BatchSolver(runs[0]["solver"], seeds, cwd=os.getcwd(), device=device, onednn=onednn(),
+                             deferred=deferred(device))
     except CaeError as exc:
         return failed(exc, len(runs))
     return run_schedule(BatchAdapter(solver, torch, device), {"runs": runs})

@@ -15,6 +15,12 @@ test net per ``test_state`` (phase TEST) sharing the train net's parameter blobs
   ``weight_decay * decay_mult`` times the weight (L2) or its sign (L1), history =
   ``momentum * history + lr * lr_mult * diff``, weight -= history.
 
+The non-finite check (:class:`Deferred`, ``deferred=True``): each step computes on the device
+whether its loss tops are finite and keeps a sticky "still good" flag per run, the first bad
+iteration and its loss tops; the update (weights and history) is applied only while the flag
+is good, so nothing is read per iteration. ``deferred=False``: the caller checks each step
+(``on_gradients``) and the update is unmasked, as before.
+
 ``snapshot(prefix)`` writes ``PREFIX_iter_N.caffemodel`` and ``.solverstate`` in Caffe's
 binary formats (readable by Caffe, see :mod:`caffe_cae.caffemodel`); ``restore(path)`` reads
 either backend's. Only ``type: "SGD"`` is supported (CaeError otherwise).
@@ -78,12 +84,75 @@ def net_param_of(sp, cwd):
     return parse_net(os.path.join(cwd, path))
 
 
+class Deferred:
+    """The deferred non-finite check of a solver's ``runs`` runs, on the device (see the module
+    docstring). ``step(values)`` per iteration, with the (loss tops, runs) float64 matrix of its
+    last pass, returns the update mask; ``read()`` at the points where the host reads anyway;
+    ``load(b)`` then puts iteration b's batch into the train net's data layers for the replay."""
+
+    def __init__(self, solver, runs):
+        self.solver, self.tops = solver, list(solver.net.losses)
+        self.good = torch.ones(runs, dtype=torch.bool, device=solver.device)
+        self.first = torch.zeros(runs, dtype=torch.int64, device=solver.device)
+        self.values = torch.zeros(len(self.tops), runs, dtype=torch.float64, device=solver.device)
+        self.mark = self.since = None  # (iteration, data position) of the last read, the one before
+
+    def _position(self):
+        return self.solver.iter, {name: s.state() for name, s in self.solver.net.data_sources().items()}
+
+    def start(self):
+        """Before a step's forward passes: the first one marks where the replays skip from."""
+        if self.mark is None:
+            self.mark = self._position()
+
+    def step(self, values):
+        """Fold in iteration ``solver.iter + 1``'s loss tops; returns the mask of the runs to update."""
+        ok = torch.isfinite(values).all(0)
+        new = self.good & ~ok
+        self.first.masked_fill_(new, self.solver.iter + 1)
+        self.values = torch.where(new, values, self.values)
+        self.good &= ok
+        return self.good
+
+    def read(self):
+        """{run: (first bad iteration b, {loss top: value at b})} (one read of the device); its
+        weights and history are those after b - 1."""
+        good = self.good.tolist()
+        self.since, self.mark = self.mark, self._position()
+        if all(good):
+            return {}
+        first, values = self.first.tolist(), self.values.cpu().tolist()
+        return {k: (first[k], {top: values[t][k] for t, top in enumerate(self.tops)})
+                for k, g in enumerate(good) if not g}
+
+    def load(self, b):
+        """Iteration b's (last) batch into the train net's data layers (a ``replay`` gives it),
+        by skipping from the position of the read before; the data position is kept."""
+        it, before = self.since
+        size = max(1, int(self.solver.sp.iter_size))
+        now = self._position()[1]
+        sources = self.solver.net.data_sources()
+        for name, source in sources.items():
+            source.set_state(before[name])
+            source.skip((b - 1 - it) * size + size - 1)
+        with torch.no_grad():
+            self.solver.net.forward()
+        for name, source in sources.items():
+            source.set_state(now[name])
+
+
+def masked(mask, new, old):
+    """``new`` where the run's ``mask`` is set, else ``old`` (runs along dim 0 when several)."""
+    return torch.where(mask.view((-1,) + (1,) * (new.dim() - 1)), new, old)
+
+
 class TorchSolver:
     """See the module docstring. ``solver``: SolverParameter or path; ``cwd``: directory the
     solver's relative paths are resolved against; ``device``: torch device; ``seed``
-    overrides ``random_seed``; ``test_nets``: build the test nets; ``onednn``: see TorchNet."""
+    overrides ``random_seed``; ``test_nets``: build the test nets; ``onednn``: see TorchNet;
+    ``deferred``: the non-finite check on the device (:class:`Deferred`, ``self.guard``)."""
 
-    def __init__(self, solver, cwd=".", device="cpu", seed=None, test_nets=True, onednn=True):
+    def __init__(self, solver, cwd=".", device="cpu", seed=None, test_nets=True, onednn=True, deferred=False):
         sp = solver if isinstance(solver, pb.SolverParameter) else _parse_solver(solver)
         if sp.type != "SGD" or sp.solver_type != pb.SolverParameter.SGD:
             raise CaeError("solver: type %r: only SGD is supported by the torch backend" % sp.type)
@@ -112,6 +181,7 @@ class TorchSolver:
         self.history = [torch.zeros_like(t, requires_grad=False) for t in self.net.learnable]
         self.loss_tensors = {}
         self._loss = None
+        self.guard = Deferred(self, 1) if deferred else None
 
     @property
     def losses(self):
@@ -128,10 +198,13 @@ class TorchSolver:
         """Run ``n`` iterations. ``on_gradients(solver, blobs)`` is called after the backward
         passes and before the update; returning False skips the update and stops. Nothing is
         read back from the device here: ``loss_tensors`` holds the loss tops of the last pass
-        as float64 scalars on the device (``losses`` and ``loss`` read them)."""
+        as float64 scalars on the device (``losses`` and ``loss`` read them); with ``guard``
+        the update is masked by its flag."""
         net, sp = self.net, self.sp
         size = max(1, int(sp.iter_size))
         for _ in range(n):
+            if self.guard:
+                self.guard.start()
             net.zero_grad()
             total = 0.0
             for _ in range(size):
@@ -141,10 +214,12 @@ class TorchSolver:
             self.loss_tensors = {top: blobs[top].detach().double() for top in net.losses}
             if on_gradients is not None and on_gradients(self, blobs) is False:
                 return False
-            self.apply_update()
+            self.apply_update(self.guard and self.guard.step(torch.stack(list(self.loss_tensors.values()))[:, None]))
         return True
 
-    def apply_update(self):
+    def apply_update(self, mask=None):
+        """Caffe's ApplyUpdate; ``mask`` (bool per run on the device): only those runs' weights
+        and history change."""
         sp, net = self.sp, self.net
         rate, self.current_step = learning_rate(sp, self.iter, self.current_step)
         with torch.no_grad():
@@ -173,6 +248,11 @@ class TorchSolver:
                     else:
                         g.add_(torch.sign(w), alpha=local_decay)
                 local_rate = float(rate * f32(net.lr_mult[k]))
+                if mask is not None:
+                    new = h.mul(momentum).add_(g, alpha=local_rate) if momentum else g.mul(local_rate)
+                    h.copy_(masked(mask, new, h))
+                    w.copy_(masked(mask, w - h, w))
+                    continue
                 if momentum:
                     h.mul_(momentum).add_(g, alpha=local_rate)
                 else:

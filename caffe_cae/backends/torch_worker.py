@@ -16,6 +16,9 @@ on a shared, loaded machine). Convolutions run on oneDNN; ``CAFFE_CAE_TORCH_ONED
 selects PyTorch's im2col + GEMM path instead (Caffe's algorithm, 2-3x slower). Denormal floats
 (below 1.2e-38) are flushed to zero on the CPU: Model 5's saturated tanh units make them
 common and they cost ~2x there; ``CAFFE_CAE_TORCH_DENORMALS=1`` keeps them.
+The non-finite check (:func:`deferred`): ``CAFFE_CAE_TORCH_SYNC=eager`` reads one flag per
+iteration, ``deferred`` keeps it on the device until the schedule reads anyway; default:
+deferred on CUDA, eager elsewhere.
 """
 import os
 import sys
@@ -49,6 +52,17 @@ def onednn():
     return os.environ.get("CAFFE_CAE_TORCH_ONEDNN", "1") != "0"
 
 
+def deferred(device):
+    """The non-finite check on the device (see :class:`caffe_cae.backends.torch_solver.Deferred`):
+    ``$CAFFE_CAE_TORCH_SYNC`` = eager or deferred, else deferred on CUDA only (a CPU scalar
+    costs nothing to read)."""
+    from ..errors import CaeError
+    value = os.environ.get("CAFFE_CAE_TORCH_SYNC") or ("deferred" if device.type == "cuda" else "eager")
+    if value not in ("eager", "deferred"):
+        raise CaeError("CAFFE_CAE_TORCH_SYNC=%s: expected eager or deferred" % value)
+    return value == "deferred"
+
+
 def start_fields(torch, device):
     return {"torch_version": torch.__version__, "device": str(device), "threads": torch.get_num_threads()}
 
@@ -74,11 +88,16 @@ class TorchAdapter(Adapter):
 
     def __init__(self, solver, torch, device):
         self.solver, self.torch = solver, torch
+        self.runs = getattr(solver, "runs", 1)
         self.start_fields = start_fields(torch, device)
+        self.deferred = solver.guard is not None
 
     @property
     def iter(self):
         return self.solver.iter
+
+    def failed(self):
+        return self.solver.guard.read()
 
     def restore(self, k, solverstate, caffemodel):
         self.solver.restore(solverstate, caffemodel)
@@ -102,7 +121,12 @@ class TorchAdapter(Adapter):
     def snapshot(self, k, prefix):
         return self.solver.snapshot(prefix)
 
-    def first_nonfinite(self, k):
+    def first_nonfinite(self, k, at=None):
+        if at is not None:
+            self.solver.guard.load(at)
+        return self.replay(k)
+
+    def replay(self, k):
         return net_nonfinite(self.solver.net, self.torch)
 
 
@@ -121,7 +145,8 @@ def train(job):
     from .torch_solver import TorchSolver
     try:
         torch, device = _setup(job["mode"])
-        solver = TorchSolver(job["solver"], cwd=os.getcwd(), device=device, onednn=onednn())
+        solver = TorchSolver(job["solver"], cwd=os.getcwd(), device=device, onednn=onednn(),
+                             deferred=deferred(device))
     except CaeError as exc:
         return failed(exc)
     return run_schedule(TorchAdapter(solver, torch, device), job)
