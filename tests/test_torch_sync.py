@@ -25,6 +25,7 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -100,11 +101,11 @@ def schedule(capsys, adapter, job):
     return status, events
 
 
-def single(work, capsys, sp, mode, tag, resume_at=None, **fields):
-    """A run of ``sp`` (seed 1) through run_schedule (snapshots in work/tag/e or d); with
-    ``resume_at``, stopped there and resumed."""
+def single(work, capsys, sp, mode, tag, resume_at=None, data=None, **fields):
+    """A run of ``sp`` (seed 1) through run_schedule (snapshots in work/tag/e or d, the data
+    of ``data`` or ``work``); with ``resume_at``, stopped there and resumed."""
     job = job_of(work, os.path.join(tag, mode[0]), **fields)
-    s = TorchSolver(sp, cwd=work, seed=1, deferred=mode == "deferred")
+    s = TorchSolver(sp, cwd=data or work, seed=1, deferred=mode == "deferred")
     if resume_at is None:
         status, events = schedule(capsys, TorchAdapter(s, torch, "cpu"), job)
         return status, events, s
@@ -113,7 +114,7 @@ def single(work, capsys, sp, mode, tag, resume_at=None, **fields):
     prefix = job["snapshot_prefix"] + "_iter_%d" % resume_at
     resume = dict(solverstate=prefix + ".solverstate", caffemodel=prefix + ".caffemodel", iter=resume_at,
                   test_passes=snap["test_passes"], train_sum=snap["train_sum"], train_count=snap["train_count"])
-    s = TorchSolver(sp, cwd=work, seed=1, deferred=mode == "deferred")
+    s = TorchSolver(sp, cwd=data or work, seed=1, deferred=mode == "deferred")
     status, more = schedule(capsys, TorchAdapter(s, torch, "cpu"), dict(job, resume=resume))
     return status, events + more, s
 
@@ -157,24 +158,42 @@ def test_normal_run_is_bitwise_the_same(work, capsys, net):
 
 # -- (b) a non-finite loss --------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["display", "end", "resumed", "iter_size"])
-def test_nonfinite_loss_is_reported_alike(work, capsys, case):
-    """The failure is found at the next display point, or only at the end (display and tests
-    past max_iter), after a resume, or with two passes per iteration."""
+@pytest.fixture(scope="module")
+def poisoned(tmp_path_factory):
+    """The tiny data with a NaN in training image 230: the third batch (rows 200-249, 0-49) is
+    the first to hold it, and only that batch's forward pass is non-finite."""
+    root = str(tmp_path_factory.mktemp("poisoned"))
+    folder = os.path.join(root, "data", "hdf5")
+    write_tiny(folder, n=250, n_test=120, list_prefix="data/hdf5")
+    with h5py.File(os.path.join(folder, "train.h5"), "r+") as f:
+        f["data"][230, 0, 5, 5] = np.nan
+    return root
+
+
+@pytest.mark.parametrize("case", ["display", "end", "resumed", "iter_size", "data", "data_resumed"])
+def test_nonfinite_loss_is_reported_alike(work, poisoned, capsys, case):
+    """Model 2 with ReLU and base_lr 10 (its weights blow up) or a NaN in the data (only the
+    failing batch is non-finite: the replay must be of that batch). The failure is found at
+    the next display point, or only at the end (display and tests past max_iter), after a
+    resume, or with two passes per iteration."""
     fields = {"iter_size": 2} if case == "iter_size" else {}
-    sp = solver_param("model2", RELU, **fields)
+    sp = solver_param("model2", None if case.startswith("data") else RELU, **fields)
     schedule_fields = dict(display=100, test_interval=100, max_iter=25) if case == "end" else {}
-    runs = {mode: single(work, capsys, sp, mode, "relu_" + case, resume_at=2 if case == "resumed" else None, **schedule_fields)
+    resume_at = {"resumed": 2, "data_resumed": 1}.get(case)
+    data = poisoned if case.startswith("data") else None
+    runs = {mode: single(work, capsys, sp, mode, "nonfinite_" + case, resume_at, data, **schedule_fields)
             for mode in MODES}
     (status, events, eager), (dstatus, devents, late) = runs["eager"], runs["deferred"]
     assert status == dstatus == 3
     assert events == devents
     failure = [e for e in events if e["event"] == "nonfinite"][0]
-    b = failure["iter"]
-    first = failure["first"]
+    b, first = failure["iter"], failure["first"]
     print(case, failure["message"])
-    assert first and first["layer_type"] != "HDF5Data" and not failure["params"]
-    assert b > (2 if case == "resumed" else 1) and b % 5, "the failure should fall between two display points"
+    if data:
+        assert (b, first["blob"], failure["params"]) == (3, "data", [])
+    else:
+        assert first and first["layer_type"] != "HDF5Data" and not failure["params"]
+    assert b > (resume_at or 1) and b % 5, "the failure should fall between two display points"
     assert events[-1] == {"event": "end", "status": "failed", "iter": b, "message": failure["message"]}
     assert all(e["iter"] < b for e in events if e["event"] in ("log", "progress", "snapshot"))
     assert eager.iter == b - 1 and late.iter > b  # the deferred run went on and looked later
