@@ -30,7 +30,7 @@ shapes, data sources, layer code) with stacked parameters of shape ``(K, *caffe_
 ``BatchSolver(solver_param, seeds, cwd)``: run k starts with the weights of a TorchSolver
 with ``random_seed`` = seeds[k] (K ordinary train nets are built, their weights stacked);
 the SGD update (:meth:`TorchSolver.apply_update`) is elementwise, so it runs once on the
-stacked tensors; test nets are wide too (per-run test losses); ``snapshot(k)`` writes run
+stacked tensors (with ``deferred``, masked per run by :class:`Deferred`'s flags); test nets are wide too (per-run test losses); ``snapshot(k)`` writes run
 k's own Caffe ``.caffemodel`` / ``.solverstate`` and ``restore(k, ...)`` reads one.
 
 Limits (CaeError naming the layer or field): ``clip_gradients`` (the norm is over all of a
