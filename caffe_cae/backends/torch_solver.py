@@ -142,8 +142,8 @@ class Deferred:
 
 
 def masked(mask, new, old):
-    """``new`` where the run's ``mask`` is set, else ``old`` (runs along dim 0 when several)."""
-    return torch.where(mask.view((-1,) + (1,) * (new.dim() - 1)), new, old)
+    """``old`` becomes ``new`` where its run's ``mask`` is set (runs along dim 0 when several)."""
+    torch.where(mask.view((-1,) + (1,) * (new.dim() - 1)), new, old, out=old)
 
 
 class TorchSolver:
@@ -250,8 +250,8 @@ class TorchSolver:
                 local_rate = float(rate * f32(net.lr_mult[k]))
                 if mask is not None:
                     new = h.mul(momentum).add_(g, alpha=local_rate) if momentum else g.mul(local_rate)
-                    h.copy_(masked(mask, new, h))
-                    w.copy_(masked(mask, w - h, w))
+                    masked(mask, new, h)
+                    masked(mask, w - h, w)
                     continue
                 if momentum:
                     h.mul_(momentum).add_(g, alpha=local_rate)
