@@ -7,8 +7,8 @@ Run from the directory holding ``data/hdf5`` (``caffe-cae data``). For each net 
 three single-run TorchSolvers of seed 1 are stepped one iteration at a time, as the training
 loop steps them: "none" (no check), "eager" (the worker's check before each update:
 ``TorchAdapter.nonfinite``) and "deferred" (``TorchSolver(deferred=True)``); each timed for
-``iters`` iterations after ``warmup``, ``repeats`` rounds taken in turn (a change in the
-machine's load hits all three alike); medians of wall and CPU (this process) ms per
+``iters`` iterations after ``warmup``, ``repeats`` rounds taken in turn, each variant first
+in turn (a change in the machine's load hits all three alike); medians of wall and CPU (this process) ms per
 iteration. On a CUDA device the clock stops after a synchronisation at the end of each
 timed block. Threads and kernels as the torch worker's (``CAFFE_CAE_TORCH_*``).
 """
@@ -56,8 +56,10 @@ def main():
             for solver, check in variants.values():
                 for _ in range(args.warmup):
                     solver.step(1, on_gradients=check)
-            for _ in range(args.repeats):
-                for name, (solver, check) in variants.items():
+            names = list(variants)
+            for r in range(args.repeats):
+                for name in names[r % 3:] + names[:r % 3]:  # each first in turn
+                    solver, check = variants[name]
                     sync()
                     t, c = time.perf_counter(), time.process_time()
                     for _ in range(args.iters):
