@@ -30,8 +30,9 @@ shapes, data sources, layer code) with stacked parameters of shape ``(K, *caffe_
 ``BatchSolver(solver_param, seeds, cwd)``: run k starts with the weights of a TorchSolver
 with ``random_seed`` = seeds[k] (K ordinary train nets are built, their weights stacked);
 the SGD update (:meth:`TorchSolver.apply_update`) is elementwise, so it runs once on the
-stacked tensors (with ``deferred``, masked per run by :class:`Deferred`'s flags); test nets are wide too (per-run test losses); ``snapshot(k)`` writes run
-k's own Caffe ``.caffemodel`` / ``.solverstate`` and ``restore(k, ...)`` reads one.
+stacked tensors (with ``deferred``, masked per run by :class:`Deferred`'s flags); test nets
+are wide too (per-run test losses); ``snapshot(k)`` writes run k's own Caffe
+``.caffemodel`` / ``.solverstate`` and ``restore(k, ...)`` reads one.
 
 Limits (CaeError naming the layer or field): ``clip_gradients`` (the norm is over all of a
 run's gradients, not elementwise), Deconvolution or a grouped Convolution on a shared
@@ -283,8 +284,9 @@ class BatchSolver:
     def losses(self):
         """Per run, {loss top: float64 scalar on the device} of the last pass (no read)."""
         m = self.loss_matrix
-        return [{top: m[t, k] for t, top in enumerate(self.net.losses)} for k in range(self.runs)] if m is not None \
-            else [{} for _ in range(self.runs)]
+        if m is None:
+            return [{} for _ in range(self.runs)]
+        return [{top: m[t, k] for t, top in enumerate(self.net.losses)} for k in range(self.runs)]
 
     @property
     def loss(self):

@@ -16,8 +16,8 @@ every running run snapshots and ends ``interrupted``.
 A non-finite loss fails only its run (``nonfinite`` and ``end`` failed for it, naming the
 first non-finite blob of that run when replayed); its block of the wide net is zeroed
 from then on and never snapshotted again, and the other runs go on. With the deferred check
-(:func:`~caffe_cae.backends.torch_worker.deferred`) each run has its own flag on the device. Exit status 0 when no
-run failed, 3 when one did, 2 for a bad job.
+(:func:`~caffe_cae.backends.torch_worker.deferred`) each run has its own flag on the device.
+Exit status 0 when no run failed, 3 when one did, 2 for a bad job.
 """
 import os
 import sys
