@@ -72,8 +72,8 @@ def main():
                 wall, cpu = sorted(wall), sorted(cpu)
                 rows[name] = {"wall_ms_per_iter": wall[len(wall) // 2], "cpu_ms_per_iter": cpu[len(cpu) // 2],
                               "wall_all": wall}
-                print("%-8s %-9s wall %7.2f ms/it  cpu %7.2f ms/it" % (entry["name"], name, rows[name]["wall_ms_per_iter"],
-                                                                      rows[name]["cpu_ms_per_iter"]), flush=True)
+                print("%-8s %-9s wall %7.2f ms/it  cpu %7.2f ms/it"
+                      % (entry["name"], name, rows[name]["wall_ms_per_iter"], rows[name]["cpu_ms_per_iter"]), flush=True)
             results["nets"][entry["name"]] = rows
     results["load_after"] = os.getloadavg()
     if args.out:
