@@ -177,8 +177,10 @@ def compact(work, cases, out):
                                         [(layer, [sample(a) for a in arrays]) for layer, arrays in layers])
         if os.path.exists(case["fwd"]):
             with h5py.File(case["fwd"], "r") as src, h5py.File(os.path.join(d, "caffe_fwd.h5"), "w") as dst:
-                src.visititems(lambda name, obj: isinstance(obj, h5py.Dataset) and dst.create_dataset(
-                    name, data=sample(obj[()]), compression="gzip", shuffle=True))
+                names = []
+                src.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+                for name in names:
+                    dst.create_dataset(name, data=sample(src[name][()]), compression="gzip", shuffle=True)
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs)
 
 
@@ -265,7 +267,8 @@ def sgd_check(case, work, device="cpu"):
                               os.path.join(work_dir, "caffe_iter_%d.caffemodel" % early))
     w_err = compare_weights(solver.net.get_weights(), case["caffe_final"])
     res = {"iters": iters, "early": early,
-           "early_loss": max(max_err(np.asarray(curves[t][:early]) / caffe_curves[t][:early], 1.0) for t in curves),
+           "early_loss": max(float(np.max(np.abs(np.asarray(curves[t][:early]) / caffe_curves[t][:early] - 1.0)))
+                             for t in curves),
            "early_weights": max(early_w.values()), "loss_curves": max(rel_err(curves[t], caffe_curves[t]) for t in curves),
            "weights": max(w_err.values()), "worst_weights": max(w_err, key=w_err.get),
            "learns": all(np.mean(curves[t][-10:]) < np.mean(curves[t][:10]) for t in curves)}
