@@ -5,6 +5,7 @@ iterations); the check then runs every step with tiny sizes (``--device cpu --ti
 JSON is checked: the equality step passes against the engine's references, and fails, naming
 the array, once a reference is perturbed. Needs the engine and PyTorch (engine_support's rule).
 """
+import gzip
 import json
 import os
 import shutil
@@ -46,15 +47,17 @@ def run_check(refs, out, work, *args):
         return json.load(f)["steps"]
 
 
-def test_prepare_keeps_the_references_compact(refs):
+def test_prepare_keeps_the_references_compact(refs, tmp_path):
     with open(os.path.join(refs, "manifest.json")) as f:
         manifest = json.load(f)
     assert manifest["keys"] == [NET] and manifest["iters"] == ITERS
     with h5py.File(os.path.join(refs, "snap", NET, "caffe_fwd.h5"), "r") as f:
         assert f["blobs/conv1"].size < 100 * 26 * 24 * 24 / 10  # sampled
-        assert f["blobs/ip2encode"].shape == (200,)  # small arrays whole
-    init = dict(caffemodel.read_caffemodel(os.path.join(refs, "snap", NET, "init.caffemodel")))
-    assert init["conv1"][0].shape == (26, 1, 5, 5)  # the initial weights whole
+        assert f["blobs/ip2encode"].shape == (100, 2)  # small arrays whole
+    path = str(tmp_path / "init.caffemodel")
+    with gzip.open(os.path.join(refs, "snap", NET, "init.caffemodel.gz")) as src, open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    assert dict(caffemodel.read_caffemodel(path))["conv1"][0].shape == (26, 1, 5, 5)  # the initial weights whole
 
 
 def test_check_on_cpu(refs, tmp_path):

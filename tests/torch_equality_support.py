@@ -4,8 +4,9 @@ Shared by tests/test_torch_backend.py (Caffe's outputs computed by the engine in
 and tools/gpu_check.py (Caffe's outputs computed here by the engine, kept compactly by
 :func:`compact` and compared on another machine, e.g. on CUDA). A case lives in a folder
 ``work``: ``data/hdf5`` (tiny data, list files relative to ``work``), one solver per case and
-``snap/KEY/`` with Caffe's files (``init.caffemodel``, ``caffe_fwd.h5``, ``caffe_sgd.h5``,
-``caffe_final.caffemodel``, ``caffe_iter_N.caffemodel``) and torch's snapshots.
+``snap/KEY/`` with Caffe's files (``init.caffemodel``, gzipped in compact references,
+``caffe_fwd.h5``, ``caffe_sgd.h5``, ``caffe_final.caffemodel``, ``caffe_iter_N.caffemodel``)
+and torch's snapshots.
 
 Relative error of an array ``a`` (torch) against ``b`` (Caffe): ``||a - b||_2 / ||b||_2``
 (denominator floored at 1e-30). A compact reference keeps, of an array over SAMPLE values,
@@ -13,8 +14,10 @@ every p-th value (:func:`sample`); the torch array is then sampled alike before 
 
 No pytest and no engine here: the comparing half runs wherever torch does.
 """
+import gzip
 import json
 import os
+import shutil
 
 import h5py
 import numpy as np
@@ -54,13 +57,15 @@ SAMPLE = 8192
 
 
 def sample(a, limit=SAMPLE):
-    """``a`` flattened; above ``limit`` values every p-th one, p the smallest prime >= size / limit
-    (a prime stride does not line up with the channels or images of a blob)."""
-    flat = np.asarray(a).ravel()
-    step = -(-flat.size // limit)
-    while step > 1 and any(step % d == 0 for d in range(2, int(step ** 0.5) + 1)):
+    """``a`` itself up to ``limit`` values; above, every p-th value of it flattened, p the smallest
+    prime >= size / limit (a prime stride does not line up with the channels or images of a blob)."""
+    a = np.asarray(a)
+    step = -(-a.size // limit)
+    if step <= 1:
+        return a
+    while any(step % d == 0 for d in range(2, int(step ** 0.5) + 1)):
         step += 1
-    return flat[::max(step, 1)]
+    return a.ravel()[::step]
 
 
 def _pair(a, b):
@@ -120,9 +125,13 @@ def make_cases(work, keys=KEYS, iters=ITERS):
     # the nets with plain SGD (momentum 0): the default momentum 0.9 amplifies float32 rounding
     # over 100 iterations past SGD_TOL (model2: 1.3e-4); momentum is the variant's
     for key in keys:
+        d = os.path.join(work, "snap", key)
+        if os.path.exists(os.path.join(d, "init.caffemodel.gz")):  # compact references (see compact)
+            with gzip.open(os.path.join(d, "init.caffemodel.gz")) as src, open(os.path.join(d, "init.caffemodel"),
+                                                                               "wb") as dst:
+                shutil.copyfileobj(src, dst)
         net = VARIANT["net"] if key == "variant" else key
         changes = {k: v for k, v in VARIANT.items() if k != "net"} if key == "variant" else {"momentum": 0.0}
-        d = os.path.join(work, "snap", key)
         cases[key] = {"key": key, "net": net, "iters": iters, "solver": write_solver(work, key, net, iters, **changes),
                       "dir": d, "init": os.path.join(d, "init.caffemodel"),
                       "caffe_final": os.path.join(d, "caffe_final.caffemodel"),
@@ -161,14 +170,14 @@ def run_caffe(eng, work, tasks, name):
 
 def compact(work, cases, out):
     """Caffe's files of ``cases`` (in ``work``) into the folder ``out``, laid out as ``work``: the
-    data, the initial weights and the loss curves whole, every other array sampled (:func:`sample`:
-    a few per cent of the bytes). Returns the bytes written."""
-    import shutil
+    data, the initial weights (gzipped: the deep AE's are mostly zeros) and the loss curves whole,
+    every other array sampled (:func:`sample`: a few per cent of the bytes). Returns the bytes written."""
     shutil.copytree(os.path.join(work, "data"), os.path.join(out, "data"), dirs_exist_ok=True)
     for key, case in cases.items():
         d = os.path.join(out, "snap", key)
         os.makedirs(d, exist_ok=True)
-        shutil.copy(case["init"], d)
+        with open(case["init"], "rb") as src, gzip.open(os.path.join(d, "init.caffemodel.gz"), "wb") as dst:
+            shutil.copyfileobj(src, dst)
         shutil.copy(case["caffe_sgd"], d)
         names = ["caffe_final.caffemodel"] + ["caffe_iter_%d.caffemodel" % k for k in compared_points(key)]
         for name in names:
@@ -180,7 +189,8 @@ def compact(work, cases, out):
                 names = []
                 src.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
                 for name in names:
-                    dst.create_dataset(name, data=sample(src[name][()]), compression="gzip", shuffle=True)
+                    data = sample(src[name][()])
+                    dst.create_dataset(name, data=data, **({"compression": "gzip", "shuffle": True} if data.ndim else {}))
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs)
 
 
