@@ -273,13 +273,15 @@ def long_run(ctx):
     iters = ctx["sizes"]["long"]
     if one.get("it_per_s") and not ctx["tiny"]:  # what fits: start-up, iterations, a test pass every 5000
         per_iter = 1.0 / one["it_per_s"] + (one.get("test_pass_s") or 0) / TEST_EVERY
-        iters = min(iters, int((left - one["startup_s"] - (one.get("test_pass_s") or 0)) / per_iter) // 100 * 100)
+        fit = 0.9 * (left - one["startup_s"] - (one.get("test_pass_s") or 0)) / per_iter  # 10 % to spare
+        iters = min(iters, int(fit) // 100 * 100)
     if iters < ctx["sizes"]["display"] * 2:
         return {"skipped": "%d s left" % left}
     run = os.path.join("runs", "long_model4_d10")
     shutil.rmtree(os.path.join(ctx["work"], run), ignore_errors=True)
     say("long: Model 4 D=10, %d iterations, %d s left" % (iters, left))
     r = finish(start_timed(ctx, train_argv(ctx, [(1, run)], iters), "long"), left)
+    r.pop("span", None)
     run = os.path.join(ctx["work"], run)
     for name, target in (("log.jsonl", "long_log.jsonl"), ("manifest.json", "long_manifest.json")):
         if os.path.exists(os.path.join(run, name)):
