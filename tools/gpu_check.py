@@ -257,11 +257,12 @@ def throughput(ctx):
             together = sum(s[2] for s in spans) / (max(s[1] for s in spans) - min(s[0] for s in spans))
             per_run_it_s = k * min(sum(rates), together)
             processes = math.ceil(GRID_RUNS / 3) * math.ceil(3 / k)  # 21 (net, D) of 3 seeds, K at a time
-            tests = max(e["test_pass_s"] or 0 for e in each)
-            wave = max(e["startup_s"] for e in each) + GRID_ITERS / min(rates) + GRID_ITERS // TEST_EVERY * tests
-            r.update(run_iters_per_s=round(per_run_it_s, 1),
-                     grid_train_only_h=round(GRID_RUNS * GRID_ITERS / per_run_it_s / 3600, 2),
-                     grid_with_starts_and_tests_h=round(math.ceil(processes / jobs) * wave / 3600, 2))
+            train_s = GRID_RUNS * GRID_ITERS / per_run_it_s
+            # each wave of J processes adds its start and its test passes (every 5000 iterations)
+            extra = max(e["startup_s"] for e in each) + GRID_ITERS // TEST_EVERY * max(e["test_pass_s"] or 0
+                                                                                        for e in each)
+            r.update(run_iters_per_s=round(per_run_it_s, 1), grid_train_only_h=round(train_s / 3600, 2),
+                     grid_with_starts_and_tests_h=round((train_s + math.ceil(processes / jobs) * extra) / 3600, 2))
         say("throughput %s: %s" % (name, {k2: v for k2, v in r.items() if k2 != "each"}))
         ctx["save"]()
     return out
