@@ -42,13 +42,22 @@ def require_engine():
     return eng
 
 
-def run_json(eng, argv, cwd=None, timeout=900):
-    """Run argv in the engine; parse the last stdout line as JSON (fails with stderr)."""
+def engine_json(eng, argv, cwd=None, timeout=900):
+    """Run argv in the engine; the last stdout line parsed as JSON (CaeError with the stderr).
+    No pytest needed: tools/gpu_check.py uses it too."""
     proc = eng.run(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                    universal_newlines=True, timeout=timeout)
     if proc.returncode != 0 or not proc.stdout.strip():
-        pytest.fail("%s exited %d:\n%s" % (" ".join(argv[:3]), proc.returncode, proc.stderr[-3000:]))
+        raise CaeError("%s exited %d:\n%s" % (" ".join(argv[:3]), proc.returncode, proc.stderr[-3000:]))
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_json(eng, argv, cwd=None, timeout=900):
+    """engine_json, failing the test with the stderr."""
+    try:
+        return engine_json(eng, argv, cwd=cwd, timeout=timeout)
+    except CaeError as exc:
+        pytest.fail(str(exc))
 
 
 def cli(*args, cwd=None, env=None):
