@@ -38,7 +38,7 @@ def fake_analysed(root, net, dim, seed, linear=5.0, mlp=3.0, loss=80.0):
         f["reconstruction"] = np.zeros((10000, 28, 28), np.float32)
         f.attrs["extract_backend"] = "torch"
     analysis = json.load(open(os.path.join(run, "analysis.json")))
-    analysis.update(linear_error=linear, mlp_error=mlp)
+    analysis.update(linear_error=linear, mlp_error=mlp, n=10000)
     json.dump(analysis, open(os.path.join(run, "analysis.json"), "w"))
     lines = [{"iter": 50000, "phase": p, "loss": {"cross_entropy": loss, "euclidean": loss / 10}}
              for p in ("test-on-train", "test-on-test")]
@@ -162,3 +162,20 @@ def test_results_trains_publishes_and_resumes_after_a_kill(tmp_path):
                            stderr=subprocess.STDOUT, universal_newlines=True, timeout=300)
     assert again.returncode == 0 and "[grid]" not in again.stdout
     shutil.rmtree(str(tmp_path / "runs"))
+
+
+def test_a_difference_within_the_sampling_error_is_a_tie_not_a_verdict(tmp_path):
+    # 10000 codes: the standard error of a 6 % error is about 0.24 points, of a difference about 0.34
+    results = published_table(tmp_path, {
+        ("model4", 30, 1): (10.6, 5.3, 65.4), ("model3", 30, 1): (10.4, 6.1, 51.6),
+        ("deep_ae", 30, 1): (13.3, 6.0, 65.1)})
+    table = lib.collect(results)
+    assert abs(lib.error_se(table[("model3", 30)], "mlp") - 100 * (0.061 * 0.939 / 10000) ** 0.5) < 1e-9
+    verdicts = {c["claim"].split(" ")[1]: c for c in lib.claims(table)}
+    assert verdicts["4"]["verdict"] == "not decided"             # 10.6 vs 10.4: a tie; 5.3 < 6.1 holds
+    assert "model4 30D linear 10.60 < model3 30D 10.40 (tie)" in verdicts["4"]["evidence"]
+    assert "model4 30D mlp 5.30 < model3 30D 6.10;" in verdicts["4"]["evidence"] + ";"
+    assert verdicts["CAEs"]["verdict"] == "not decided"          # model3's MLP 6.1 against the deep AE's 6.0
+    assert verdicts["3"]["verdict"] == "supported"               # losses: no sampling error, no ties
+    table[("model3", 30)]["mlp"] = [7.0]                          # 1 point above: beyond the noise
+    assert {c["claim"].split(" ")[1]: c["verdict"] for c in lib.claims(table)}["CAEs"] == "not supported"
