@@ -1,6 +1,7 @@
 """The paper's classifiers as MATLAB ran them (caffe_cae.analysis.classify): trainscg's SCG on problems
 with known answers, patternnet's gradient, initialisation and best-validation epoch, and
 classify()'s uniform priors and refusal of a singular covariance."""
+import os
 import numpy as np
 import pytest
 import torch
@@ -216,3 +217,32 @@ def test_bad_mlp_settings_are_clear_errors():
         lib.mlp_settings(hidden_transfer="relu")
     with pytest.raises(lib.CaeError, match="unknown"):
         lib.mlp_settings(momentum=0.9)
+
+
+def test_error_readings_tool_resubstitution_and_the_average_error_rate(tmp_path, capsys):
+    """tools/error_readings.py (docs/reproduction.md): resubstitution on separated clusters is
+    0 %, Sokolova's average error rate is 2 / K of the overall error, and the table prints."""
+    import json
+    import sys
+
+    import h5py
+
+    from caffe_cae import REPO_ROOT
+    sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+    import error_readings
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 50)
+    code = rng.normal(size=(500, 3)) * 0.01 + np.eye(10)[labels][:, :3] * 5 + labels[:, None] * 3.0
+    confusion = np.diag([48] * 10)
+    confusion[0, 1] = confusion[2, 3] = 2          # 4 of 484 wrong
+    r = error_readings.readings(code, labels, confusion)
+    assert r["resub"] == 0.0 and abs(r["sokolova"] - 100 * 2 * 4 / (484 * 10)) < 1e-12
+    run = tmp_path / "run1"
+    run.mkdir()
+    with h5py.File(run / "codes.h5", "w") as f:
+        f["code"], f["label"] = code.astype(np.float32), labels.astype(np.float32)
+    (run / "analysis.json").write_text(json.dumps({"net": "model4", "dim": 10, "linear_error": 0.8,
+                                                   "confusion": {"linear": confusion.tolist()}}))
+    error_readings.main([str(run)])
+    assert "| model4 d10 | 0.80 | 0.00 | 0.17 | 5.06 |" in capsys.readouterr().out
