@@ -123,11 +123,13 @@ reproduce-quick: deps setup engine data prototxt
 # Table 4 on the paper's schedule, published in results/ (small files; README section and
 # results/report/ remade): trains what is missing in caffe_cae/results.py's order, in
 # RESULTS_RUNS (snapshots; outside the work tree), resuming after any interruption.
+# VARIANT=NAME: that controlled variant's runs instead (results/variants/NAME; caffe_cae/results.py VARIANTS).
 RESULTS_RUNS   ?= $(HOME)/.cache/caffe-cae/results-runs
 RESULTS_LIMIT  ?=
+VARIANT        ?=
 results: setup data
 	$(CAE) results --runs $(RESULTS_RUNS) --jobs $(JOBS) --backend $(or $(BACKEND),torch) \
-	  $(if $(RESULTS_LIMIT),--limit $(RESULTS_LIMIT))
+	  $(if $(RESULTS_LIMIT),--limit $(RESULTS_LIMIT)) $(if $(VARIANT),--variant $(VARIANT))
 
 # Tables 1-3 and the Section 5.1 compression figures, from the generated files (D = 2).
 tables: setup

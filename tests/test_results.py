@@ -123,9 +123,10 @@ def test_results_cli_needs_runs_to_train(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--runs" in proc.stderr
 
 
-def results_cmd(root, *extra):
+def results_cmd(root, variant=None, limit=2):
     code = ("import sys; from caffe_cae import results; "
-            "results.run(sys.argv[1], sys.argv[2], jobs=1, backend='torch', limit=2, readme=sys.argv[3], "
+            "results.run(sys.argv[1], sys.argv[2], jobs=1, backend='torch', limit=%d, readme=sys.argv[3], "
+            "variant=%r, " % (limit, variant) +
             "config={'iters': 20, 'data_root': sys.argv[4], "
             "'sets': ['solver.display=5', 'solver.test_interval=10', 'solver.snapshot=5'], "
             "'analyze_args': ['--folds=3', '--mlp-epochs=20', '--no-diagram']})")
@@ -179,3 +180,24 @@ def test_a_difference_within_the_sampling_error_is_a_tie_not_a_verdict(tmp_path)
     assert verdicts["3"]["verdict"] == "supported"               # losses: no sampling error, no ties
     table[("model3", 30)]["mlp"] = [7.0]                          # 1 point above: beyond the noise
     assert {c["claim"].split(" ")[1]: c["verdict"] for c in lib.claims(table)}["CAEs"] == "not supported"
+
+
+def test_a_variant_trains_with_its_setting_apart_and_is_set_beside_the_default(tmp_path):
+    """``--variant euclidean0``: a real run (torch, 20 iterations on tiny MNIST) with the
+    variant's setting, in RUNS/variants/ and results/variants/, beside the default run in the
+    README section; the default table and its claims are not touched."""
+    data.write_tiny(str(tmp_path / "data" / "hdf5"), n=250, n_test=300, list_prefix="data/hdf5")
+    (tmp_path / "README.md").write_text("x\n%s\n%s\n" % (lib.README_BEGIN, lib.README_END))
+    done = subprocess.run(results_cmd(tmp_path, variant="euclidean0", limit=1), cwd=str(tmp_path),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=900)
+    assert done.returncode == 0, done.stdout
+    where = tmp_path / "results" / "variants" / "euclidean0" / "model4_d10" / "run1"
+    manifest = json.loads((where / "manifest.json").read_text())
+    assert manifest["settings"]["loss.euclidean_weight"] == 0 and manifest["settings"]["solver.display"] == 5
+    assert (tmp_path / "runs" / "variants" / "euclidean0" / "model4_d10" / "run1").is_dir()
+    assert not (tmp_path / "results" / "model4_d10").exists() and lib.collect(str(tmp_path / "results")) == {}
+    readme = (tmp_path / "README.md").read_text()
+    assert "| `loss.euclidean_weight=0` | model4 10D seed 1 |" in readme and "(not published)" in readme
+    with pytest.raises(CaeError, match="--variant nope: unknown"):
+        lib.variant_dir("results", "nope")
+    shutil.rmtree(str(tmp_path / "runs"))

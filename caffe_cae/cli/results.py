@@ -4,6 +4,7 @@ import sys
 
 import click
 
+from ..results import VARIANTS
 from .options import fail, run_guarded
 
 
@@ -26,9 +27,12 @@ from .options import fail, run_guarded
 @click.option("--reference", "transfers", multiple=True, type=click.Choice(["tansig", "logsig"]),
               help="Compute the raw-pixel MLP row with this hidden transfer function (about an hour each; "
                    "cached, resumable per fold) into OUT/reference.json, then refresh.")
+@click.option("--variant", type=click.Choice(sorted(VARIANTS)), default=None,
+              help="Train and publish this controlled variant's runs instead (one setting changed from the default; "
+                   "caffe_cae/results.py VARIANTS) into RUNS/variants/NAME and OUT/variants/NAME.")
 @click.option("--mnist-dir", type=click.Path(file_okay=False, exists=True), default=None,
               help="MNIST idx .gz files for --reference [default: $MNIST_DIR or data/mnist].")
-def cli(runs_dir, results_dir, jobs, backend, limit, readme, refresh_only, publish_dirs, transfers, mnist_dir):
+def cli(runs_dir, results_dir, jobs, backend, limit, readme, refresh_only, publish_dirs, transfers, variant, mnist_dir):
     """Train, extract and analyse what is missing in the publication order; publish each run; refresh."""
     from .. import results as lib
 
@@ -52,7 +56,7 @@ def cli(runs_dir, results_dir, jobs, backend, limit, readme, refresh_only, publi
     from ..grid import make_display
 
     counts = run_guarded(lib.run, runs_dir, results_dir, jobs=jobs, backend=backend, limit=limit, readme=readme,
-                         display=make_display(sys.stdout))
+                         display=make_display(sys.stdout), variant=variant)
     if counts.get("interrupted"):
         raise SystemExit(130)
     if counts.get("failed"):
