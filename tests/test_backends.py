@@ -51,11 +51,11 @@ def backend(request):
     return make_backend(request.param)
 
 
-def train_job(root, name, iters=6, seed=1, **extra):
+def train_job(root, name, iters=6, seed=1, settings=None, **extra):
     """A training job as train.py writes one: rendered net, engine solver, the schedule."""
     folder = os.path.join(root, name)
-    overrides = {"solver.max_iter": iters, "solver.random_seed": seed, "data.train_size": N_TRAIN,
-                 "data.test_size": N_TEST}
+    overrides = dict({"solver.max_iter": iters, "solver.random_seed": seed, "data.train_size": N_TRAIN,
+                      "data.test_size": N_TEST}, **(settings or {}))
     paths = render.write_files(NET, DIM, folder, "modern", overrides, net_dir=folder,
                                snapshot_prefix=snapshot_prefix(folder, NET, DIM))
     os.makedirs(os.path.join(folder, "snapshots"), exist_ok=True)
@@ -110,6 +110,27 @@ def check_train(be, root):
         assert os.path.isfile(e["caffemodel"]) and os.path.isfile(e["solverstate"])
     assert all(set(e["loss"]) == {"cross_entropy", "euclidean"} for e in events if e["event"] == "log")
     return snaps[-1]["caffemodel"]
+
+
+def check_zero_weight_loss(be, root):
+    """A loss with ``loss_weight: 0`` (Caffe's mnist_autoencoder's Euclidean loss, the
+    ``euclidean0`` variant) is computed and reported as Caffe shows it, though not trained on:
+    in the train and test records, and in batched training."""
+    job = train_job(root, "zero-" + be.name, iters=3, settings={"loss.euclidean_weight": 0})
+    events = events_of(be.train(job, root))
+    assert events[-1]["status"] == "finished", events[-1]
+    logs = [e for e in events if e["event"] == "log"]
+    assert logs and all(set(e["loss"]) == {"cross_entropy", "euclidean"} for e in logs), logs
+    weights = [e for e in events if e["event"] == "snapshot"][-1]["caffemodel"]
+    extracted = events_of(be.extract(extract_job(root, weights, os.path.join(root, "zero-extract-" + be.name)), root))
+    assert set([e for e in extracted if e["event"] == "result"][0]["losses"]) == {"cross_entropy", "euclidean"}
+    if "batch" in be.capabilities:
+        jobs = [train_job(root, "zero-batch-%s-%d" % (be.name, s), iters=3, seed=s,
+                          settings={"loss.euclidean_weight": 0}) for s in (1, 2)]
+        events = events_of(be.train_batch({"mode": "cpu", "runs": jobs, "stderr_log": jobs[0]["stderr_log"]}, root))
+        logs = [e for e in events if e["event"] == "log"]
+        assert len({e["run"] for e in logs}) == 2
+        assert all(set(e["loss"]) == {"cross_entropy", "euclidean"} for e in logs), logs
 
 
 def check_stop(be, root):
@@ -185,6 +206,7 @@ def test_backend_conforms(backend, root):
     check_extract(backend, root, weights)
     check_bench(backend, root)
     check_batch(backend, root)
+    check_zero_weight_loss(backend, root)
 
 
 def test_get_backend_passes_its_options():

@@ -85,7 +85,7 @@ class WideNet:
             self.lr_mult, self.decay_mult = share_with.lr_mult, share_with.decay_mult
         self.name = self.template.name
         self.layers = self.template.layers
-        self.losses = self.template.losses
+        self.losses, self.reported = self.template.losses, self.template.reported
         self.params = {}
         for name, blobs in self.template.params.items():
             try:
@@ -164,7 +164,8 @@ class WideNet:
     def forward(self, replay=False, trace=None):
         """Run the wide net (next batch of the data layers, or the last one with ``replay``).
         ``trace(index, layer, top, tensor, how)`` with how = "shared", "stacked" or "runs"
-        ((K,) per-run values). Returns (blobs, {loss top: (K,) weighted losses}, total)."""
+        ((K,) per-run values). Returns (blobs, {reported loss top: (K,) per-run values, unweighted},
+        the weighted total)."""
         blobs, how = {}, {}
         net = self.template
         net.replaying = replay
@@ -185,19 +186,19 @@ class WideNet:
                         trace(index, layer, name, t, kind)
         finally:
             net.replaying = False
-        losses = {}
-        for top, w in self.losses.items():
+        losses = {}  # per run, each reported top's value (unweighted)
+        for top in self.reported:
             if top not in blobs:
                 continue
             t = blobs[top]
             if how[top] == "runs":
-                vec = t
+                losses[top] = t
             elif how[top] == "stacked":
-                vec = t.reshape(t.shape[0], self.runs, -1).sum(dim=(0, 2))
+                losses[top] = t.reshape(t.shape[0], self.runs, -1).sum(dim=(0, 2))
             else:
-                vec = t.sum().expand(self.runs)
-            losses[top] = vec * w
-        total = sum(v.sum() for v in losses.values()) if losses else None
+                losses[top] = t.sum().expand(self.runs)
+        weighted = [losses[top] * w for top, w in self.losses.items() if top in losses]
+        total = sum(v.sum() for v in weighted) if weighted else None
         self.blobs, self.how = blobs, how
         return blobs, losses, total
 
@@ -286,7 +287,7 @@ class BatchSolver:
         m = self.loss_matrix
         if m is None:
             return [{} for _ in range(self.runs)]
-        return [{top: m[t, k] for t, top in enumerate(self.net.losses)} for k in range(self.runs)]
+        return [{top: m[t, k] for t, top in enumerate(self.net.reported)} for k in range(self.runs)]
 
     @property
     def loss(self):
@@ -311,11 +312,10 @@ class BatchSolver:
                 if t is None:
                     raise CaeError("net %s: no loss top to train on" % self.net.name)
                 t.backward()
-                total = total + sum(v.detach().double() for v in losses.values())
+                total = total + sum((losses[top] * w).detach().double() for top, w in self.net.losses.items()
+                                    if top in losses)
             self._total = total
-            self.loss_matrix = torch.stack([blobs[top].detach().double() if self.net.how[top] == "runs"
-                                            else losses[top].detach().double() / self.net.losses[top]
-                                            for top in self.net.losses])
+            self.loss_matrix = torch.stack([losses[top].detach().double() for top in self.net.reported])
             if on_gradients is not None and on_gradients(self) is False:
                 return False
             self.apply_update(self.guard and self.guard.step(self.loss_matrix))
@@ -334,11 +334,9 @@ class BatchSolver:
         with torch.no_grad():
             for _ in range(batches):
                 blobs, losses, _ = tnet.forward()
-                for top in tnet.losses:
+                for top in tnet.reported:
                     for k in range(self.runs):
-                        value = (float(blobs[top][k]) if tnet.how[top] == "runs"
-                                 else float(losses[top][k]) / tnet.losses[top])
-                        sums[k][top] = sums[k].get(top, 0.0) + value
+                        sums[k][top] = sums[k].get(top, 0.0) + float(losses[top][k])
         return [{key: v / batches for key, v in s.items()} for s in sums]
 
     # snapshots ----------------------------------------------------------------

@@ -96,7 +96,9 @@ class TorchNet:
     Attributes: ``layers`` (Layer objects in order), ``params`` (layer name -> list of
     tensors, as pycaffe's ``net.params``), ``learnable`` (unique parameter tensors in Caffe's
     ``learnable_params`` order), ``lr_mult`` / ``decay_mult`` (per learnable), ``losses``
-    (top name -> loss weight), ``blobs`` (after ``forward``).
+    (top name -> nonzero loss weight: what is trained on), ``reported`` (the loss tops Caffe
+    computes and shows as the net's outputs: every Loss layer's first top, a ``loss_weight: 0``
+    one included, and any other weighted top), ``blobs`` (after ``forward``).
     """
 
     def __init__(self, net_param, phase="train", stages=(), level=0, cwd=".", device="cpu",
@@ -121,7 +123,7 @@ class TorchNet:
         self.learnable, self.lr_mult, self.decay_mult = [], [], []
         self._owners = {}
         self.inputs = {}
-        self.losses = {}
+        self.losses, self.reported = {}, []
         for layer in self.layers:
             is_loss = layer.type.endswith("Loss")
             weights = list(layer.lp.loss_weight)
@@ -132,6 +134,8 @@ class TorchNet:
                 w = weights[i] if weights else (1.0 if is_loss and i == 0 else 0.0)
                 if w:
                     self.losses[top] = float(w)
+                if (w or (is_loss and i == 0)) and top not in self.reported:
+                    self.reported.append(top)
         self.params = {}
         self.replaying = False
         self.setting_up = True

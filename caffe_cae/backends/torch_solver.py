@@ -91,7 +91,7 @@ class Deferred:
     ``load(b)`` then puts iteration b's batch into the train net's data layers for the replay."""
 
     def __init__(self, solver, runs):
-        self.solver, self.tops = solver, list(solver.net.losses)
+        self.solver, self.tops = solver, list(solver.net.reported)
         self.good = torch.ones(runs, dtype=torch.bool, device=solver.device)
         self.first = torch.zeros(runs, dtype=torch.int64, device=solver.device)
         self.values = torch.zeros(len(self.tops), runs, dtype=torch.float64, device=solver.device)
@@ -211,7 +211,7 @@ class TorchSolver:
                 blobs, loss = net.forward_backward()
                 total = total + loss.double()
             self._loss = total
-            self.loss_tensors = {top: blobs[top].detach().double() for top in net.losses}
+            self.loss_tensors = {top: blobs[top].detach().double() for top in net.reported}
             if on_gradients is not None and on_gradients(self, blobs) is False:
                 return False
             self.apply_update(self.guard and self.guard.step(torch.stack(list(self.loss_tensors.values()))[:, None]))
@@ -269,7 +269,7 @@ class TorchSolver:
         with torch.no_grad():
             for _ in range(batches):
                 blobs, _ = tnet.forward()
-                for top in tnet.losses:
+                for top in tnet.reported:
                     sums[top] = sums.get(top, 0.0) + blobs[top].double()
         return {k: float(v) / batches for k, v in sums.items()}
 

@@ -186,7 +186,7 @@ def extract(job):
         with torch.no_grad():
             for _ in range(job["stage_iter"]):
                 blobs, _ = tnet.forward()
-                for top in tnet.losses:
+                for top in tnet.reported:
                     sums[top] = sums.get(top, 0.0) + float(blobs[top])
         return {top: v / job["stage_iter"] for top, v in sums.items()}
 
