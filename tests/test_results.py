@@ -201,3 +201,18 @@ def test_a_variant_trains_with_its_setting_apart_and_is_set_beside_the_default(t
     with pytest.raises(CaeError, match="--variant nope: unknown"):
         lib.variant_dir("results", "nope")
     shutil.rmtree(str(tmp_path / "runs"))
+
+
+def test_a_test_loss_missing_from_the_log_comes_from_the_analysis(tmp_path):
+    """A run logged without its zero-weight Euclidean loss (the torch backend before it reported
+    such losses) gets it from analysis.json, the same test set at the final weights."""
+    results = published_table(tmp_path, {("model4", 10, 1): (8.0, 4.5, 88.0)})
+    run = os.path.join(results, "model4_d10", "run1")
+    lines = [json.loads(x) for x in open(os.path.join(run, "log.jsonl"))]
+    for entry in lines:
+        del entry["loss"]["euclidean"]
+    open(os.path.join(run, "log.jsonl"), "w").write("".join(json.dumps(x) + "\n" for x in lines))
+    analysis = json.load(open(os.path.join(run, "analysis.json")))
+    analysis["losses"] = {"cross_entropy": 87.9, "euclidean": 6.1}
+    json.dump(analysis, open(os.path.join(run, "analysis.json"), "w"))
+    assert lib.collect(results)[("model4", 10)]["loss"] == [[88.0, 6.1]]      # the log's CE, the analysis' Euclidean
