@@ -239,9 +239,12 @@ def variants_markdown(results_dir, table):
         loss = "; ".join("%.2f" % v for v in row["loss"][i]) if row["loss"] and row["loss"][i] else "n/a"
         return [loss, "%.2f" % row["linear"][i], "%.2f" % row["mlp"][i], "%.2f" % row["sparsity"][i]]
 
-    rows = []
+    rows, why = [], []
     for name, variant in VARIANTS.items():
-        for (net, dim), row in sorted(collect(variant_dir(results_dir, name)).items()):
+        published_runs = sorted(collect(variant_dir(results_dir, name)).items())
+        if published_runs:
+            why.append("- `%s`: %s." % (", ".join(variant["sets"]), variant["why"]))
+        for (net, dim), row in published_runs:
             for i, seed in enumerate(row["seeds"]):
                 default = table.get((net, dim))
                 base = values(default, default["seeds"].index(seed)) if default and seed in default["seeds"] \
@@ -253,7 +256,7 @@ def variants_markdown(results_dir, table):
         return []
     return ["", "Variants, one setting changed (`caffe-cae results --variant NAME`, results/variants/); in brackets "
                 "the default run of the same net, D and seed:", "",
-            "| variant | run | test loss | linear % | MLP % | sparsity % |", "|---|---|---|---|---|---|"] + rows
+            "| variant | run | test loss | linear % | MLP % | sparsity % |", "|---|---|---|---|---|---|"] + rows + [""] + why
 
 
 def readme_section(results_dir, paper=None):
