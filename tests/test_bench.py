@@ -64,3 +64,21 @@ def test_bench_torch_peak_and_peer(tmp_path):
                                       for layer in deep["layers"])
     assert "plain_ms" not in results["nets"]["siamese"]  # no peer for the Siamese net
     assert "% of peak" in proc.stdout and "| encode1 | InnerProduct |" in proc.stdout
+
+
+def test_levers_single_map_formulations_match_the_backend():
+    """bench/levers.py: the batched GEMM forms of conv1 (1 -> 26 maps) and deconv1neur (26 -> 1
+    map) that docs/benchmarks.md reports are bitwise the torch backend's forward passes."""
+    import importlib.util
+    import os
+
+    import torch
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "levers.py")
+    spec = importlib.util.spec_from_file_location("levers", path)
+    levers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(levers)
+    rows = levers.kernel_rows(torch, blocks=1, per=1)
+    assert rows["conv1 forward (1 -> 26 maps)"]["batched GEMM"]["bitwise"]
+    assert rows["deconv1neur forward (26 -> 1 map)"]["batched GEMM + fold"]["bitwise"]
+    assert all(form["cpu_ms"] > 0 for layer in rows.values() for form in layer.values())
