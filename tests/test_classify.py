@@ -246,3 +246,32 @@ def test_error_readings_tool_resubstitution_and_the_average_error_rate(tmp_path,
                                                    "confusion": {"linear": confusion.tolist()}}))
     error_readings.main([str(run)])
     assert "| model4 d10 | 0.80 | 0.00 | 0.17 | 5.06 |" in capsys.readouterr().out
+
+
+def test_error_readings_tool_mlp_readings(tmp_path, capsys):
+    """tools/error_readings.py --mlp-folds: the patternnet's error on the held-out fold, on the
+    inputs train() saw and on all N, which is their count-weighted mean."""
+    import json
+    import sys
+
+    import h5py
+
+    from caffe_cae import REPO_ROOT
+    sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+    import error_readings
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(10), 50)
+    code = rng.normal(size=(500, 4)) + rng.normal(size=(10, 4))[labels] * 2.0  # overlapping clusters
+    r = error_readings.mlp_readings(code, labels, 2)
+    assert 0 < r["fold_inputs"] < 50 and 0 < r["held_out"] < 50
+    assert abs(r["all"] - (50 * r["held_out"] + 450 * r["fold_inputs"]) / 500) < 1e-9
+    run = tmp_path / "run1"
+    run.mkdir()
+    with h5py.File(run / "codes.h5", "w") as f:
+        f["code"], f["label"] = code.astype(np.float32), labels.astype(np.float32)
+    (run / "analysis.json").write_text(json.dumps({"net": "model4", "dim": 10, "linear_error": 1.0,
+                                                   "confusion": {"linear": np.diag([50] * 10).tolist()}}))
+    error_readings.main(["--mlp-folds", "1", str(run)])
+    out = capsys.readouterr().out
+    assert "| MLP, first 1 folds |" in out and "| model4 d10 |" in out and out.rstrip().endswith("| 5.06 |")

@@ -288,13 +288,16 @@ def patternnet_folds(folds, hidden, classes, seed=0, settings=None, fold_ids=Non
     return preds, info
 
 
-def patternnet_fold(train_x, train_y, test_x, hidden, classes, seed, settings, progress=None):
-    """``train(patternnet(hidden), x, t)`` on one training fold, then the held-out predictions."""
+def train_patternnet(train_x, train_y, hidden, classes, seed, settings, test_x=None, progress=None):
+    """``train(patternnet(hidden), x, t)`` on one training fold. Returns ({"held_out": class
+    indices of ``test_x`` (None without it), "fold": of ``train_x``}, by the weights of the best
+    validation epoch; train()'s division {"train", "val", "test"} as indices into ``train_x``; info)."""
     import torch
 
     t0 = time.time()
     rng = np.random.default_rng(seed)
-    prep = _prepare_fold(np.asarray(train_x, np.float64), np.asarray(test_x, np.float64), rng, hidden,
+    train_x = np.asarray(train_x, np.float64)
+    prep = _prepare_fold(train_x, train_x[:0] if test_x is None else np.asarray(test_x, np.float64), rng, hidden,
                          settings["divide"], settings["hidden_transfer"])
     y = np.asarray(train_y, dtype=np.int64)
     w2, b2 = rng.uniform(-1, 1, size=(classes, hidden)), rng.uniform(-1, 1, size=classes)
@@ -306,8 +309,19 @@ def patternnet_fold(train_x, train_y, test_x, hidden, classes, seed, settings, p
     out = scg(obj, settings["epochs"], goal=settings["goal"], min_grad=settings["min_grad"],
               max_fail=settings["max_fail"], sigma=settings["sigma"], lam=settings["lambda"], n_weights=n_weights,
               progress=progress)
-    pred = obj.predict(out["best_w"][0], torch.from_numpy(prep["test"])).numpy()
-    return pred, {"epochs": out["epochs"][0], "best_epoch": out["best_epoch"][0], "stop": out["stop"][0],
-                  "train_perf": out["perf"][0], "best_val_perf": (out["vperf"] or [None])[0],
-                  "train_samples": len(prep["train"]), "validation_samples": len(prep["val"]),
-                  "inputs": prep["inputs"], "seconds": round(time.time() - t0, 3)}
+    best = out["best_w"][0]
+    preds = {"held_out": None if test_x is None else obj.predict(best, torch.from_numpy(prep["test"])).numpy(),
+             "fold": obj.predict(best, x).numpy()}
+    division = {"train": prep["train"], "val": prep["val"],
+                "test": np.setdiff1d(np.arange(len(train_x)), np.concatenate([prep["train"], prep["val"]]))}
+    info = {"epochs": out["epochs"][0], "best_epoch": out["best_epoch"][0], "stop": out["stop"][0],
+            "train_perf": out["perf"][0], "best_val_perf": (out["vperf"] or [None])[0],
+            "train_samples": len(prep["train"]), "validation_samples": len(prep["val"]),
+            "inputs": prep["inputs"], "seconds": round(time.time() - t0, 3)}
+    return preds, division, info
+
+
+def patternnet_fold(train_x, train_y, test_x, hidden, classes, seed, settings, progress=None):
+    """``train(patternnet(hidden), x, t)`` on one training fold, then the held-out predictions."""
+    preds, _, info = train_patternnet(train_x, train_y, hidden, classes, seed, settings, test_x, progress)
+    return preds["held_out"], info
