@@ -11,7 +11,7 @@ and label, compressed; analysis.json last, so a run is published exactly when it
 analysis.json is there). Then the report (``results/report/``) and the README's Table 4
 section (between ``README_BEGIN`` and ``README_END``) are remade from ``results/`` alone.
 
-``claims()`` judges the paper's four claims from the published runs. Two error rates count
+``claims()`` judges the paper's claims from the published runs. Two error rates count
 as a tie when they differ by less than ``TIE_SE`` standard errors of their difference, each
 error's standard error the binomial one of a cross-validated estimate on N codes,
 sqrt(p (1 - p) / (N k)) over k seeds: a lower bound on the noise, since it leaves out the
@@ -179,7 +179,7 @@ def _outcome(x, y, se):
 
 
 def claims(table):
-    """The paper's four claims, each with the comparisons our runs allow and a verdict:
+    """The paper's claims (Section 4.2), each with the comparisons our runs allow and a verdict:
     'supported' (every comparison holds), 'not supported' (one fails by more than the
     sampling error), 'not decided' (none fails, one is a tie: see the module doc) or 'not
     tested yet' (a run it needs is not published)."""
@@ -229,6 +229,12 @@ def claims(table):
     deep = [("%s 30D %s" % (net, key), mean((net, 30), key), "deep_ae 30D", mean(("deep_ae", 30), key),
              se((net, 30), ("deep_ae", 30), key)) for net in CAE_NETS for key in ("linear", "mlp")]
     judge("The CAEs at 30D beat the deep AE", deep)
+    paper_dims = paper_lib.load()["dims"]
+    siamese = [("siamese %dD %s" % (dim, key), mean(("siamese", dim), key), "%s %dD" % (net, dim),
+                mean((net, dim), key), se(("siamese", dim), (net, dim), key))
+               for dim in paper_dims["siamese"] for net in CAE_NETS + ("deep_ae",) if dim in paper_dims[net]
+               for key in ("linear", "mlp")]
+    judge("The Siamese net (semi-supervised) gives better codes than every unsupervised net of its D", siamese)
     return out
 
 

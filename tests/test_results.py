@@ -84,7 +84,8 @@ def test_claims_are_judged_from_the_published_runs(tmp_path):
     results = published_table(tmp_path, {
         ("model4", 30, 1): (5.0, 2.0, 66.0), ("model4", 30, 2): (6.0, 3.0, 67.0),
         ("model3", 30, 1): (9.0, 4.0, 60.0), ("deep_ae", 30, 1): (8.0, 4.5, 70.0),
-        ("model4", 10, 1): (5.0, 3.0, 84.0), ("model5", 10, 1): (4.0, 3.5, 86.0)})
+        ("model4", 10, 1): (5.0, 3.0, 84.0), ("model5", 10, 1): (4.0, 3.5, 86.0),
+        ("siamese", 10, 1): (3.0, 4.0, 0.02)})
     table = lib.collect(results)
     assert table[("model4", 30)]["seeds"] == [1, 2] and table[("model4", 30)]["linear"] == [5.0, 6.0]
     verdicts = {c["claim"].split(" ")[1]: c for c in lib.claims(table)}
@@ -94,6 +95,10 @@ def test_claims_are_judged_from_the_published_runs(tmp_path):
     assert verdicts["(Model"]["verdict"] == "not supported"       # tanh was better on the linear error
     assert verdicts["CAEs"]["verdict"] == "not supported"         # model3's linear 9.0 is above the deep AE's 8.0
     assert "model3 30D linear 9.00 < deep_ae 30D 8.00 (no)" in verdicts["CAEs"]["evidence"]
+    assert verdicts["Siamese"]["verdict"] == "not supported"      # its MLP 4.0 against model4 10D's 3.0
+    assert "siamese 10D linear 3.00 < model5 10D 4.00;" in verdicts["Siamese"]["evidence"]
+    assert "siamese 10D mlp 4.00 < model4 10D 3.00 (no)" in verdicts["Siamese"]["evidence"]
+    assert not verdicts["Siamese"]["complete"]                     # no Siamese net at 2D yet
     section = lib.readme_section(results)
     assert "| model4 | 30 | 1,2 | 66.50 ± 0.71; 6.65 ± 0.07 | 65.35-66.83; 2.55-2.77 |" in section
     assert section.startswith(lib.README_BEGIN) and section.endswith(lib.README_END)
@@ -178,6 +183,7 @@ def test_a_difference_within_the_sampling_error_is_a_tie_not_a_verdict(tmp_path)
     assert "model4 30D mlp 5.30 < model3 30D 6.10;" in verdicts["4"]["evidence"] + ";"
     assert verdicts["CAEs"]["verdict"] == "not decided"          # model3's MLP 6.1 against the deep AE's 6.0
     assert verdicts["3"]["verdict"] == "supported"               # losses: no sampling error, no ties
+    assert verdicts["Siamese"]["verdict"] == "not tested yet"    # no Siamese run published
     table[("model3", 30)]["mlp"] = [7.0]                          # 1 point above: beyond the noise
     assert {c["claim"].split(" ")[1]: c["verdict"] for c in lib.claims(table)}["CAEs"] == "not supported"
 
