@@ -189,6 +189,10 @@ def claims(table):
     def se(a, b, key):
         return math.hypot(error_se(table[a], key), error_se(table[b], key)) if a in table and b in table else None
 
+    def versus(a, b, key):
+        """The comparison 'run a's error ``key`` < run b's' ((net, dim) each), with its standard error."""
+        return ("%s %dD %s" % (a + (key,)), mean(a, key), "%s %dD" % b, mean(b, key), se(a, b, key))
+
     out = []
     marks = {"holds": "", "fails": " (no)", "tie": " (tie)"}
 
@@ -207,8 +211,7 @@ def claims(table):
         for other in CAE_NETS:
             if other != "model4":
                 for key in ("linear", "mlp"):
-                    best.append(("model4 %dD %s" % (dim, key), mean(("model4", dim), key),
-                                 "%s %dD" % (other, dim), mean((other, dim), key), se(("model4", dim), (other, dim), key)))
+                    best.append(versus(("model4", dim), (other, dim), key))
     judge("Model 4 gives the best codes (lowest linear and MLP errors of the CAEs)", best)
     loss, worst = [], []
     for dim in dims:
@@ -219,21 +222,16 @@ def claims(table):
                 loss.append(("model3 %dD CE" % dim, _mean([r[0] for r in ce3]) if ce3 else None,
                              "%s %dD" % (other, dim), _mean([r[0] for r in ceo]) if ceo else None))
                 for key in ("linear", "mlp"):
-                    worst.append(("%s %dD %s" % (other, dim, key), mean((other, dim), key),
-                                  "model3 %dD" % dim, mean(("model3", dim), key), se((other, dim), ("model3", dim), key)))
+                    worst.append(versus((other, dim), ("model3", dim), key))
     judge("Model 3 has the lowest loss of the CAEs", loss)
     judge("... but the worst codes (highest errors of the CAEs)", worst)
-    tanh = [("model4 %dD %s" % (dim, key), mean(("model4", dim), key), "model5 %dD" % dim, mean(("model5", dim), key),
-             se(("model4", dim), ("model5", dim), key)) for dim in dims for key in ("linear", "mlp")]
+    tanh = [versus(("model4", dim), ("model5", dim), key) for dim in dims for key in ("linear", "mlp")]
     judge("tanh (Model 5) gives worse codes than sigmoid (Model 4)", tanh)
-    deep = [("%s 30D %s" % (net, key), mean((net, 30), key), "deep_ae 30D", mean(("deep_ae", 30), key),
-             se((net, 30), ("deep_ae", 30), key)) for net in CAE_NETS for key in ("linear", "mlp")]
+    deep = [versus((net, 30), ("deep_ae", 30), key) for net in CAE_NETS for key in ("linear", "mlp")]
     judge("The CAEs at 30D beat the deep AE", deep)
     paper_dims = paper_lib.load()["dims"]
-    siamese = [("siamese %dD %s" % (dim, key), mean(("siamese", dim), key), "%s %dD" % (net, dim),
-                mean((net, dim), key), se(("siamese", dim), (net, dim), key))
-               for dim in paper_dims["siamese"] for net in CAE_NETS + ("deep_ae",) if dim in paper_dims[net]
-               for key in ("linear", "mlp")]
+    siamese = [versus(("siamese", dim), (net, dim), key) for dim in paper_dims["siamese"]
+               for net in CAE_NETS + ("deep_ae",) if dim in paper_dims[net] for key in ("linear", "mlp")]
     judge("The Siamese net (semi-supervised) gives better codes than every unsupervised net of its D", siamese)
     return out
 
